@@ -1,0 +1,32 @@
+# uniproto: `make demo` and `make test` each set up .venv first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.uniproto-installed
+DEMO_DATA := runs/datasets/demo
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml cluster/constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing uniproto and its pinned stack into $(VENV) (about 2 minutes the first time)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c cluster/constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	@test -f $(DEMO_DATA)/manifest.json || $(VENV)/bin/uniproto make-demo-data --out $(DEMO_DATA)
+	$(VENV)/bin/uniproto run --config pipelines/configs/demo.yaml
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

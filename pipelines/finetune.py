@@ -1,0 +1,50 @@
+"""Stage 2 alone, from a stage-1 checkpoint: class-mean prototypes + learnable head, lambda chosen on val.
+
+    python -m pipelines.finetune --config ... [--checkpoint DIR]
+
+DIR holds model.pt (a stage-1 checkpoint); by default the one recorded in <run dir>/stage1.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from system.metrics import shot_accuracy
+
+from pipelines.common import parse_args, prepare_run
+from system.finetune import blended_predictions
+from system.report import accuracy_table
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(
+        "uniproto finetune", __doc__, argv, extra=lambda p: p.add_argument("--checkpoint", help="stage-1 checkpoint dir")
+    )
+    ctx = prepare_run(args, need_prototypes=False)
+    cfg = ctx.cfg
+    ckpt = Path(args.checkpoint or json.loads((ctx.run_dir / "stage1.json").read_text())["checkpoint"])
+    weights = ckpt / "model.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"--checkpoint: no model.pt in {ckpt}")
+    from system.ray_cluster import init_ray
+    from system.ray_sweep import load_branch_logits, run_stage2
+
+    with ctx.timer("ray"):
+        print(f"[uniproto] {init_ray(cfg)}", flush=True)
+    with ctx.timer("stage 2"):
+        metrics = run_stage2(cfg, ctx.shared(), str(weights), ctx.run_dir / "stage2")
+    rep = load_branch_logits(ctx.run_dir / "stage2", cfg.eval.report_split)
+    lam = metrics["best_lambda"]
+    thr = (cfg.eval.many_threshold, cfg.eval.few_threshold)
+    acc = shot_accuracy(blended_predictions(rep, lam), rep.labels, ctx.manifest.train_counts, *thr)
+    out = {"overall": acc["overall"], "many": acc["many"], "medium": acc["medium"], "few": acc["few"], **metrics}
+    (ctx.run_dir / "finetune.json").write_text(json.dumps(out, indent=2, default=float))
+    print(accuracy_table({f"lambda={lam:.2f}": acc}))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,374 @@
+"""Typed run configuration: one dataclass per concern, loaded from YAML with `--set a.b=value` overrides.
+
+Every value is checked before any Ray worker starts: unknown keys, wrong types and out-of-range values raise
+`ConfigError` naming the dotted key, so a typo in a sweep or a job spec fails on the driver in milliseconds
+instead of on a worker after the cluster has spun up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value was refused; the message names the dotted key."""
+
+
+def knob(default: Any, *, lo: float | None = None, hi: float | None = None, gt: float | None = None) -> Any:
+    """A dataclass field with an allowed range: lo <= v <= hi, v > gt (checked by `validate`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"lo": lo, "hi": hi, "gt": gt})
+    return field(default=default, metadata={"lo": lo, "hi": hi, "gt": gt})
+
+
+@dataclass
+class RunSection:
+    name: str = "demo"  # run directory: <output_dir>/<name>
+    output_dir: str = "runs"
+    seed: int = knob(0, lo=0)
+
+
+@dataclass
+class DataSection:
+    root: str = "runs/datasets/demo"  # dataset directory (manifest.json + train/ val/ test/ shards + text/)
+    image_size: int = knob(64, lo=8, hi=1024)  # model input side; images are resized in the decode stage
+    resample: Literal["none", "sqrt", "balanced"] = "sqrt"  # class resampling while streaming
+    text_scorer: str = "lexical"  # relevance scorer of the text-filter stage (system.text.filter.SCORERS)
+    filter_threshold: float = 0.0  # sentences scoring below are dropped
+    filter_top_k: int | None = knob(None, lo=1)  # keep at most this many sentences per class
+    attribute_prompts: bool = True  # add "a photo of a {name}, which has {attribute}." prompts
+    caption_prob: float = knob(0.5, lo=0.0, hi=1.0)  # chance a row keeps its own (relevant) caption
+    filter_actors: int = knob(1, lo=1)  # actor-pool size of the text-filter stage
+    decode_batch_size: int = knob(128, lo=1)
+    shuffle_buffer: int = knob(512, lo=0)  # local shuffle buffer on each train worker (rows)
+
+
+@dataclass
+class ModelSection:
+    arch: str = "uniproto-tiny-rn"  # any open_clip architecture name, or one of system/model_configs/*.json
+    pretrained: str | None = None  # open_clip tag or a local checkpoint file
+
+
+@dataclass
+class LossSection:
+    contrastive_weight: float = knob(1.0, lo=0.0)  # (1 - beta) in METHOD.md
+    distill_weight: float = knob(0.0, lo=0.0)  # beta; needs model.pretrained (the frozen teacher)
+    proto_weight: float = knob(1.0, lo=0.0)  # lambda_p
+    proto_temperature: float = knob(0.1, gt=0.0, hi=10.0)  # tau_p
+    label_smoothing: float = knob(0.1, lo=0.0, hi=0.99)
+    local_loss: bool = False  # rows = local batch, columns = global batch (memory local x global)
+    gather_with_grad: bool = True
+    prototype_assign: Literal["random", "text"] = "random"
+
+
+@dataclass
+class OptimSection:
+    lr: float = knob(2e-3, gt=0.0)
+    weight_decay: float = knob(0.05, lo=0.0)
+    warmup_fraction: float = knob(0.1, lo=0.0, hi=1.0)
+    grad_clip: float = knob(1.0, lo=0.0)  # 0 disables
+
+
+@dataclass
+class TrainSection:
+    num_workers: int = knob(2, lo=1)
+    cpus_per_worker: float = knob(1.0, gt=0.0)
+    use_gpu: bool = False
+    epochs: int = knob(6, lo=1)
+    micro_batch_size: int = knob(64, lo=2)  # per worker; global batch = micro x accum x workers
+    grad_accum: int = knob(1, lo=1)
+    zero_stage: int = knob(0, lo=0, hi=3)
+    precision: Literal["fp32", "bf16"] = "fp32"  # fp16 is never used on CPU
+    checkpoint_every_epochs: int = knob(1, lo=1)
+    max_failures: int = knob(0, lo=-1)
+
+
+@dataclass
+class FinetuneSection:
+    head: Literal["linear", "mlp"] = "linear"
+    epochs: int = knob(40, lo=1)
+    lr: float = knob(1e-2, gt=0.0)
+    weight_decay: float = knob(5e-4, lo=0.0)
+    balanced_sampling: Literal["none", "sqrt", "balanced"] = "sqrt"
+    proto_scale: float = knob(16.0, gt=0.0)  # s_p: scale of the cosine prototype logits
+    lam: float = knob(0.5, lo=0.0, hi=1.0)  # blending weight used when no sweep picks one
+    lambda_points: int = knob(101, lo=2)  # resolution of the lambda curve evaluated on val
+    feature_batch_size: int = knob(256, lo=1)
+
+
+@dataclass
+class EvalSection:
+    many_threshold: int = knob(100, lo=1)  # many-shot: n_c > many_threshold
+    few_threshold: int = knob(20, lo=1)  # few-shot: n_c < few_threshold
+    select_split: str = "val"  # hyperparameters are chosen here ...
+    report_split: str = "test"  # ... and numbers reported here, never the reverse
+
+
+@dataclass
+class RaySection:
+    address: str | None = None  # RAY_ADDRESS wins when set; None starts a local Ray
+    num_cpus: int | None = knob(
+        4, lo=1
+    )  # logical CPUs of a local Ray (more than cores avoids the 2-core hang)
+    no_progress_timeout_s: int = knob(600, lo=10)  # Ray Data fails instead of hanging when starved
+    storage_path: str | None = (
+        None  # Train/Tune storage; defaults to <run dir>/ray (use shared storage on clusters)
+    )
+
+
+@dataclass
+class SweepSection:
+    space: str | None = "tune_spaces/demo.yaml"  # None: a single trial with the config as is
+    num_samples: int = knob(1, lo=1)  # samples per grid point
+    max_concurrent: int = knob(1, lo=1)
+    metric: str = "val_top1"
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    ray: RaySection = field(default_factory=RaySection)
+    sweep: SweepSection = field(default_factory=SweepSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` coerced to `tp` (only int -> float widening), or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # a schema bug, not a user error
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]!s} (known keys{' of ' + prefix if prefix else ''}: "
+            f"{', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name] if data[f.name] is not None else {}, key)
+        else:
+            kwargs[f.name] = _check_type(data[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check ranges (field metadata) and cross-field rules; raise ConfigError naming the key."""
+    for f in dataclasses.fields(cfg):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, key)
+            continue
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        lo, hi, gt = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("gt")
+        if lo is not None and value < lo:
+            raise ConfigError(f"{key}: must be >= {lo}, got {value!r}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{key}: must be <= {hi}, got {value!r}")
+        if gt is not None and value <= gt:
+            raise ConfigError(f"{key}: must be > {gt}, got {value!r}")
+    if isinstance(cfg, Config):
+        _validate_cross(cfg)
+
+
+def _validate_cross(cfg: Config) -> None:
+    if cfg.eval.few_threshold > cfg.eval.many_threshold:
+        raise ConfigError(
+            f"eval.few_threshold: must be <= eval.many_threshold ({cfg.eval.many_threshold}), "
+            f"got {cfg.eval.few_threshold}"
+        )
+    if cfg.loss.distill_weight > 0 and not cfg.model.pretrained:
+        raise ConfigError("loss.distill_weight: distillation needs a teacher, set model.pretrained")
+    if cfg.train.precision == "bf16" and not cfg.train.use_gpu:
+        # bf16 autocast works on CPU, but DeepSpeed's bf16 optimizer path is only tested on GPU here.
+        raise ConfigError("train.precision: bf16 needs train.use_gpu=true; use fp32 on CPU")
+    if cfg.eval.select_split == cfg.eval.report_split:
+        raise ConfigError(
+            "eval.select_split: must differ from eval.report_split (never select on the test set)"
+        )
+    if cfg.train.micro_batch_size * cfg.train.num_workers < 4:
+        raise ConfigError("train.micro_batch_size: the global batch must hold at least 4 samples")
+    from system.text.filter import SCORERS  # local import: the filter module is heavier than the config
+
+    if cfg.data.text_scorer not in SCORERS:
+        raise ConfigError(
+            f"data.text_scorer: unknown scorer {cfg.data.text_scorer!r} (known: {sorted(SCORERS)})"
+        )
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b=value' -> (['a', 'b'], value parsed as YAML, so 0.1 is a float and null is None)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str] | dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (copied). Accepts 'a.b=v' strings or a {dotted: value} mapping."""
+    out = _deepcopy(data)
+    items = (
+        [(k.split("."), v) for k, v in overrides.items()]
+        if isinstance(overrides, dict)
+        else [parse_override(s) for s in overrides]
+    )
+    for parts, value in items:
+        node = out
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {'.'.join(parts)}: {part} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def config_from_dict(data: dict[str, Any] | None, overrides: Iterable[str] | dict[str, Any] = ()) -> Config:
+    """Build and fully validate a Config from a plain dict plus overrides."""
+    cfg = _build(Config, apply_overrides(data or {}, overrides), "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] | dict[str, Any] = ()) -> Config:
+    """Load YAML (or defaults when path is None), apply overrides, validate. Errors name the file and key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def is_config_key(dotted: str) -> bool:
+    """True when `dotted` names a leaf field of Config (used to validate sweep spaces)."""
+    cls: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return False
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return False
+        cls = hints[part]
+        if i == len(parts) - 1:
+            return not dataclasses.is_dataclass(cls)
+    return False
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (it loads back to an equal Config)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

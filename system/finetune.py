@@ -1,0 +1,69 @@
+"""Stage 2 on frozen stage-1 features: class-feature prototypes + learnable head, blended with lambda.
+
+Plain torch/numpy. lambda only changes inference, so we keep both branches' logits for the selection and report
+splits: the whole lambda curve costs no retraining (METHOD.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from system.config import FinetuneSection
+from system.heads import blend_logits, class_mean_prototypes, lambda_curve, train_head
+
+
+@dataclass
+class BranchLogits:
+    head: np.ndarray  # [N, K] learnable-head logits
+    proto: np.ndarray  # [N, K] s_p * cos(f, mu_c)
+    labels: np.ndarray  # [N]
+
+
+def fit_stage2(
+    train_features: np.ndarray, train_labels: np.ndarray, num_classes: int, cfg: FinetuneSection, seed: int
+) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The learnable head and the class-mean prototypes mu [K, d] from the train split."""
+    f = torch.from_numpy(train_features)
+    y = torch.from_numpy(train_labels)
+    mu = class_mean_prototypes(f, y, num_classes)  # [K, d]
+    head = train_head(
+        f,
+        y,
+        num_classes,
+        head=cfg.head,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        balanced_sampling=cfg.balanced_sampling,
+        seed=seed,
+    )
+    return head, mu
+
+
+@torch.no_grad()
+def branch_logits(
+    head: torch.nn.Module, mu: torch.Tensor, features: np.ndarray, labels: np.ndarray, proto_scale: float
+) -> BranchLogits:
+    f = torch.from_numpy(features)
+    head.eval()
+    head_logits = head(f)  # [N, K]
+    proto_logits = proto_scale * torch.nn.functional.normalize(f, dim=1) @ mu.T  # [N, K]
+    return BranchLogits(head_logits.numpy(), proto_logits.numpy(), labels)
+
+
+def select_lambda(val: BranchLogits, points: int) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Best lambda on the selection split: (lambda, top-1 %, lambda grid, curve); ties go to the smaller lambda."""
+    lams = np.linspace(0.0, 1.0, points)
+    grid, accs = lambda_curve(torch.from_numpy(val.head), torch.from_numpy(val.proto), torch.from_numpy(val.labels), lams)
+    best = np.flatnonzero(accs == accs.max())
+    i = int(best[np.argmin(grid[best])])
+    return float(grid[i]), float(accs[i]), grid, accs
+
+
+def blended_predictions(logits: BranchLogits, lam: float) -> np.ndarray:
+    """Top-1 class per sample of the blended logits (exactly one branch at lambda 0 or 1)."""
+    z = blend_logits(torch.from_numpy(logits.head), torch.from_numpy(logits.proto), lam)  # [N, K]
+    return z.argmax(dim=1).numpy()

@@ -1,0 +1,129 @@
+"""Ray Data plane: WebDataset shards -> decode/resize/resample -> text-filter actor pool -> tokenized batches.
+
+Raw bytes are read with `decoder=None` and decoded in `map_batches` with our own error handling: Ray's default
+decoder decodes inside the read task, skips `.jpeg`/`.webp`, and fails a whole shard on one corrupt JPEG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy
+
+from system.config import Config
+from system.data.dataset_dir import Manifest
+from system.data.decode import decode_batch, resample_factors
+from system.text.pairing import TextPairer
+
+
+def configure_data_context(cfg: Config) -> None:
+    ctx = ray.data.DataContext.get_current()
+    # Fail in minutes, not after Ray's 30-minute default, when the pipeline is starved (FIELD_NOTES).
+    ctx.execution_no_progress_timeout_s = float(cfg.ray.no_progress_timeout_s)
+
+
+def read_split(paths: Sequence[str]) -> ray.data.Dataset:
+    """Raw rows (`__key__`, `jpg`, `txt`, `json` bytes) of a list of tar shards, one read task per shard."""
+    return ray.data.read_webdataset(
+        list(paths),
+        decoder=None,
+        file_extensions=["tar"],  # never hand img2dataset's .parquet/_stats.json side files to tarfile
+        override_num_blocks=len(paths),
+    )
+
+
+def decoded_split(
+    cfg: Config, manifest: Manifest, paths: Sequence[str], resample: str = "none"
+) -> ray.data.Dataset:
+    factors = None if resample == "none" else resample_factors(manifest.train_counts, resample)
+    return read_split(paths).map_batches(
+        decode_batch,
+        fn_kwargs={
+            "image_size": cfg.data.image_size,
+            "num_classes": manifest.num_classes,
+            "repeat_factors": factors,
+            "seed": None,  # fresh draws every epoch; the expectation is what matters for resampling
+        },
+        batch_size=cfg.data.decode_batch_size,
+        batch_format="numpy",
+    )
+
+
+def epoch_shard_order(paths: Sequence[str], epochs: int, seed: int) -> list[str]:
+    """All epochs' shards as one list: a seeded permutation of the shards per epoch, concatenated."""
+    rng = np.random.default_rng(seed)
+    return [paths[i] for _ in range(epochs) for i in rng.permutation(len(paths))]
+
+
+def train_dataset(
+    cfg: Config, manifest: Manifest, paths: Sequence[str], pools: dict[int, list[str]]
+) -> ray.data.Dataset:
+    """The stage-1 stream for the whole run: decoded + resampled images paired with filtered class text.
+
+    One stream covers every epoch (shards re-listed once per epoch, each time in a new seeded order); the
+    train loop cuts it into epochs by sample count. Iterating once per epoch instead would rebuild the
+    pipeline, text-filter actors included, at every epoch boundary (about half of each epoch on 2 cores).
+    """
+    ordered = epoch_shard_order(list(paths), cfg.train.epochs, cfg.run.seed)
+    ds = decoded_split(cfg, manifest, ordered, resample=cfg.data.resample)
+    return ds.map_batches(
+        TextPairer,
+        fn_constructor_kwargs={
+            "pools": pools,
+            "class_names": manifest.class_names,
+            "arch": cfg.model.arch,
+            "scorer": cfg.data.text_scorer,
+            "threshold": cfg.data.filter_threshold,
+            "caption_prob": cfg.data.caption_prob,
+            "seed": cfg.run.seed,
+        },
+        compute=ActorPoolStrategy(size=cfg.data.filter_actors),
+        batch_size=cfg.data.decode_batch_size,
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+
+
+class FeatureEncoder:
+    """Actor-pool UDF: the stage-1 image encoder as a batch-inference pass (normalised features)."""
+
+    def __init__(self, arch: str, image_size: int, weights: str):
+        import torch
+
+        from system.models import create_clip, load_state, preprocess_for
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.model = load_state(create_clip(arch, None, image_size), weights).eval()
+        self.preprocess = preprocess_for(self.model)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            x = self.preprocess(torch.from_numpy(batch["image"]))  # [N, 3, S, S]
+            f = self.model.encode_image(x, normalize=True)  # [N, d]
+        return {"feature": f.float().numpy(), "label": batch["label"]}
+
+
+def extract_features(
+    cfg: Config, manifest: Manifest, paths: Sequence[str], weights: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features [N, d] and labels [N] of a split under the stage-1 encoder (no resampling)."""
+    ds = decoded_split(cfg, manifest, paths).map_batches(
+        FeatureEncoder,
+        fn_constructor_kwargs={"arch": cfg.model.arch, "image_size": cfg.data.image_size, "weights": weights},
+        compute=ActorPoolStrategy(size=1),
+        batch_size=cfg.finetune.feature_batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+    )
+    feats, labels = [], []
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        feats.append(batch["feature"])
+        labels.append(batch["label"])
+    if not feats:
+        raise RuntimeError(f"no decodable samples in {list(paths)[:3]}...")
+    return np.concatenate(feats).astype(np.float32), np.concatenate(labels).astype(np.int64)

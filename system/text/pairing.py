@@ -1,0 +1,54 @@
+"""Text stage of the data plane: pair each image with clean class text and tokenize it.
+
+Runs as a Ray Data actor-pool UDF (the scorer and tokenizer are built once per actor). Each row keeps its own
+caption with probability `caption_prob` when the relevance scorer accepts it; otherwise, or when the caption is
+irrelevant web boilerplate, it gets a sentence sampled from its class's filtered, attribute-enhanced pool.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from system.models import tokenizer_for
+from system.text.filter import is_relevant_caption, make_scorer
+
+
+class TextPairer:
+    def __init__(
+        self,
+        pools: dict[int, list[str]],
+        class_names: list[str],
+        arch: str,
+        scorer: str = "lexical",
+        threshold: float = 0.0,
+        caption_prob: float = 0.5,
+        seed: int | None = None,
+    ):
+        missing = [c for c in range(len(class_names)) if not pools.get(c)]
+        if missing:
+            raise ValueError(f"text pools: classes without any text: {missing[:10]}")
+        self.pools = {int(c): list(p) for c, p in pools.items()}
+        self.scorer = make_scorer(scorer, class_names)
+        self.threshold = threshold
+        self.caption_prob = caption_prob
+        self.tokenizer = tokenizer_for(arch)
+        # One stream per actor process: seeded runs are reproducible for a fixed actor count.
+        self.rng = np.random.default_rng(None if seed is None else (seed, os.getpid() % 2**16))
+        self.replaced = 0
+        self.rows = 0
+
+    def choose(self, caption: str, label: int) -> str:
+        self.rows += 1
+        if caption and self.rng.random() < self.caption_prob:
+            if is_relevant_caption(self.scorer, caption, label, self.threshold):
+                return caption
+            self.replaced += 1
+        pool = self.pools[label]
+        return pool[int(self.rng.integers(len(pool)))]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [self.choose(str(c), int(y)) for c, y in zip(batch["caption"], batch["label"], strict=True)]
+        tokens = self.tokenizer(texts).numpy().astype(np.int64) if texts else np.zeros((0, 1), np.int64)
+        return {"image": batch["image"], "label": batch["label"], "text": tokens}  # text: [N, L]

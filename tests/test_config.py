@@ -1,0 +1,103 @@
+"""Config loading, overrides and refusal: every bad value is refused with its dotted key, before Ray starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from system.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    is_config_key,
+    load_config,
+    parse_override,
+    save_config,
+)
+
+DEMO = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
+
+
+def test_demo_config_loads_with_types():
+    cfg = load_config(DEMO)
+    assert isinstance(cfg, Config)
+    assert cfg.run.name == "demo"
+    assert cfg.train.num_workers == 2
+    assert cfg.optim.lr == pytest.approx(2e-3) and isinstance(cfg.optim.lr, float)
+    assert cfg.sweep.space == "tune_spaces/demo.yaml"
+
+
+def test_overrides_are_typed_by_yaml():
+    cfg = load_config(
+        DEMO,
+        [
+            "train.epochs=3",
+            "loss.proto_temperature=0.05",
+            "model.pretrained=null",
+            "data.attribute_prompts=false",
+        ],
+    )
+    assert cfg.train.epochs == 3
+    assert cfg.loss.proto_temperature == 0.05
+    assert cfg.model.pretrained is None
+    assert cfg.data.attribute_prompts is False
+
+
+def test_int_widens_to_float_but_not_the_reverse():
+    assert config_from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
+        config_from_dict({"train": {"epochs": 2.5}})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.epoch=3"], r"unknown config key train\.epoch"),
+        (["trian.epochs=3"], r"unknown config key trian"),
+        (["train.epochs=three"], r"train\.epochs: expected an integer"),
+        (["data.attribute_prompts=1"], r"data\.attribute_prompts: expected true/false"),
+        (["train.zero_stage=4"], r"train\.zero_stage: must be <= 3"),
+        (["loss.proto_temperature=0"], r"loss\.proto_temperature: must be > 0"),
+        (["data.caption_prob=1.5"], r"data\.caption_prob: must be <= 1"),
+        (["data.resample=inverse"], r"data\.resample: must be one of"),
+        (["train.precision=fp16"], r"train\.precision: must be one of"),
+        (["eval.report_split=val"], r"eval\.select_split: must differ"),
+        (["loss.distill_weight=0.5"], r"loss\.distill_weight: distillation needs a teacher"),
+        (["data.text_scorer=magic"], r"data\.text_scorer: unknown scorer"),
+        (["eval.few_threshold=200"], r"eval\.few_threshold: must be <= eval\.many_threshold"),
+        (["train=3"], r"train: expected a mapping"),
+    ],
+)
+def test_refusals_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEMO, overrides)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lr: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: optim\.lr: expected a number"):
+        load_config(bad)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("train.epochs")
+    with pytest.raises(ConfigError, match="bad key"):
+        parse_override("train..epochs=3")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(DEMO, ["train.epochs=5"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 5
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_is_config_key():
+    assert is_config_key("loss.proto_temperature")
+    assert not is_config_key("loss")
+    assert not is_config_key("loss.nope")
+    assert not is_config_key("loss.proto_temperature.x")
