@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trials = run_sweep(cfg, space, shared)
     ok = [t for t in trials if "error" not in t]
     if not ok:
-        raise RuntimeError(f"every trial failed: {[t.get('error') for t in trials]}")
+        last_lines = [t["error"].strip().splitlines()[-1] for t in trials]
+        raise RuntimeError(f"every trial failed; last error lines: {last_lines} (full errors in Ray's trial logs)")
 
     with timer("evaluate"):
         # Selection on val (trial and lambda), then the report split is read once, for the chosen pair only.

@@ -119,9 +119,9 @@ class RaySection:
         4, lo=1
     )  # logical CPUs of a local Ray (more than cores avoids the 2-core hang)
     no_progress_timeout_s: int = knob(600, lo=10)  # Ray Data fails instead of hanging when starved
-    storage_path: str | None = (
-        None  # Train/Tune storage; defaults to <run dir>/ray (use shared storage on clusters)
-    )
+    # Train/Tune storage; defaults to <run dir>/ray (use shared storage on clusters)
+    storage_path: str | None = None
+    data_progress_bars: bool = False  # Ray Data's per-operator bars (noisy in logs; epoch lines show progress)
 
 
 @dataclass

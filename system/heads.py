@@ -45,7 +45,9 @@ class ClassMeanAccumulator:
         f = F.normalize(torch.as_tensor(features).detach().cpu().double(), dim=1)  # [B, d]
         y = torch.as_tensor(labels).detach().cpu().long().ravel()  # [B]
         if f.shape != (y.shape[0], self.dim):
-            raise ValueError(f"features {tuple(f.shape)} do not match labels {tuple(y.shape)} and dim {self.dim}")
+            raise ValueError(
+                f"features {tuple(f.shape)} do not match labels {tuple(y.shape)} and dim {self.dim}"
+            )
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes})")
         self.sums.index_add_(0, y, f)
@@ -138,7 +140,11 @@ class PrototypeGuidedClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.dim, self.num_classes = int(dim), int(num_classes)
-        self.lam, self.proto_scale, self.logit_adjust_tau = float(lam), float(proto_scale), float(logit_adjust_tau)
+        self.lam, self.proto_scale, self.logit_adjust_tau = (
+            float(lam),
+            float(proto_scale),
+            float(logit_adjust_tau),
+        )
         self.head = build_head(head, self.dim, self.num_classes, **head_kwargs)
         self.register_buffer("prototypes", torch.zeros(self.num_classes, self.dim))  # [K, d]
         # a buffer, so a loaded state dict also says whether prototypes were set
@@ -164,7 +170,9 @@ class PrototypeGuidedClassifier(nn.Module):
 
     def forward(self, features: torch.Tensor, lam: float | None = None) -> dict[str, torch.Tensor]:
         if not bool(self.has_prototypes):
-            raise RuntimeError("prototypes are not set: call set_prototypes(class_mean_prototypes(...)) first")
+            raise RuntimeError(
+                "prototypes are not set: call set_prototypes(class_mean_prototypes(...)) first"
+            )
         head_logits = self.head(features)  # [N, K]
         if self.logit_adjust_tau > 0 and not self.training:
             head_logits = head_logits - self.logit_adjust_tau * self.log_prior  # [N, K]
@@ -286,7 +294,10 @@ def _solve_chunk(
     last = torch.searchsorted(grid, r + band, side="right")  # [E'], grid[first:last] is near the crossing
     width = (last - first).clamp(min=0)  # [E']
     near_rows = rrows.repeat_interleave(width)  # [M]
-    offsets = torch.arange(int(width.sum())) - (torch.cumsum(width, 0) - width).repeat_interleave(width)  # [M]
+    starts = (torch.cumsum(width, 0) - width).repeat_interleave(
+        width
+    )  # [M], where each crossing's run begins
+    offsets = torch.arange(int(width.sum())) - starts  # [M], 0, 1, .. within each run
     near_grid = first.repeat_interleave(width) + offsets  # [M]
     return correct, (near_rows, near_grid)
 
@@ -311,7 +322,9 @@ def lambda_curve(
     p = torch.as_tensor(proto_logits).detach().cpu()  # [N, K]
     y = torch.as_tensor(labels).detach().cpu().long().ravel()  # [N]
     if h.shape != p.shape or h.ndim != 2 or h.shape[0] != y.shape[0] or y.numel() == 0:
-        raise ValueError(f"logits {tuple(h.shape)}, {tuple(p.shape)} and labels {tuple(y.shape)} do not match")
+        raise ValueError(
+            f"logits {tuple(h.shape)}, {tuple(p.shape)} and labels {tuple(y.shape)} do not match"
+        )
     order = np.argsort(lam_arr, kind="stable")
     grid = torch.from_numpy(lam_arr[order])  # [L], sorted for searchsorted
     hits = torch.zeros(len(lam_arr), dtype=torch.int64)  # [L], sorted order

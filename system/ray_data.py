@@ -23,6 +23,7 @@ def configure_data_context(cfg: Config) -> None:
     ctx = ray.data.DataContext.get_current()
     # Fail in minutes, not after Ray's 30-minute default, when the pipeline is starved (FIELD_NOTES).
     ctx.execution_no_progress_timeout_s = float(cfg.ray.no_progress_timeout_s)
+    ctx.enable_progress_bars = cfg.ray.data_progress_bars
 
 
 def read_split(paths: Sequence[str]) -> ray.data.Dataset:

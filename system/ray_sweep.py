@@ -21,7 +21,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.finetune import BranchLogits, branch_logits, fit_stage2, select_lambda
-from system.ray_data import extract_features
+from system.ray_data import configure_data_context, extract_features
 from system.ray_pretrain import MODEL_FILE, run_stage1
 
 LOGITS_FILE = "logits.npz"
@@ -30,6 +30,7 @@ TRIAL_FILE = "trial.json"
 
 def run_stage2(cfg: Config, shared: dict[str, Any], weights: str, out_dir: Path) -> dict[str, Any]:
     """Features of train/select/report splits, head + class-mean prototypes, lambda curve on the select split."""
+    configure_data_context(cfg)
     manifest: Manifest = shared["manifest"]
     paths = shared["paths"]
     feats = {split: extract_features(cfg, manifest, paths[split], weights) for split in paths}
@@ -116,7 +117,7 @@ def run_sweep(
     for res in grid:
         if res.error or res.checkpoint is None:
             records.append(
-                {"params": res.config, "error": str(res.error)[:500] if res.error else "no checkpoint"}
+                {"params": res.config, "error": str(res.error)[-2000:] if res.error else "no checkpoint"}
             )
             continue
         local = Path(tempfile.mkdtemp(prefix="uniproto-trial-"))
