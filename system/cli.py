@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from system.config import ConfigError
+from system.data.dataset_dir import DatasetError
 
 
 def _make_demo_data(argv: list[str]) -> int:
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]][0](argv[1:])
     except ConfigError as e:
         print(f"uniproto: config error: {e}", file=sys.stderr)
+        return 2
+    except DatasetError as e:
+        print(f"uniproto: dataset error: {e}", file=sys.stderr)
         return 2
 
 
