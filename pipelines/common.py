@@ -15,7 +15,9 @@ from system.data.dataset_dir import Manifest, load_manifest
 
 
 def parse_args(prog: str, doc: str | None, argv: list[str] | None, extra=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").strip().splitlines()[0] if doc else None)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=(doc or "").strip().splitlines()[0] if doc else None
+    )
     add_config_args(parser)
     if extra:
         extra(parser)
@@ -25,7 +27,11 @@ def parse_args(prog: str, doc: str | None, argv: list[str] | None, extra=None) -
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (sections: run, data, model, loss, optim, train, ...)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=3"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.epochs=3",
     )
 
 
@@ -68,7 +74,10 @@ class RunContext:
         root = self.cfg.data.root
         return {
             "manifest": self.manifest,
-            "paths": {s: self.manifest.shard_paths(root, s) for s in ("train", self.cfg.eval.select_split, self.cfg.eval.report_split)},
+            "paths": {
+                s: self.manifest.shard_paths(root, s)
+                for s in ("train", self.cfg.eval.select_split, self.cfg.eval.report_split)
+            },
             "pools": self.pools,
             "prototypes": self.prototypes,
             "storage_path": self.storage_path(),
@@ -96,7 +105,10 @@ def prepare_run(args: argparse.Namespace, need_prototypes: bool = True) -> RunCo
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    print(f"[uniproto] run {cfg.run.name}: dir {run_dir}, dataset {cfg.data.root} ({manifest.num_classes} classes)", flush=True)
+    print(
+        f"[uniproto] run {cfg.run.name}: dir {run_dir}, dataset {cfg.data.root} ({manifest.num_classes} classes)",
+        flush=True,
+    )
     ctx = RunContext(cfg, manifest, run_dir, t_start, StageTimer())
 
     from system.text.prepare import prepare_text_pools
@@ -104,13 +116,23 @@ def prepare_run(args: argparse.Namespace, need_prototypes: bool = True) -> RunCo
     with ctx.timer("text filter"):
         ctx.pools, ctx.text_report = prepare_text_pools(cfg.data, manifest)
         q = ctx.text_report.get("quality")
-        extra = f", boilerplate-drop precision {q['precision']:.3f} recall {q['recall']:.3f}" if q and q["precision"] is not None else ""
-        print(f"[uniproto] text filter kept {ctx.text_report['kept']} / dropped {ctx.text_report['dropped']} sentences{extra}", flush=True)
+        extra = (
+            f", boilerplate-drop precision {q['precision']:.3f} recall {q['recall']:.3f}"
+            if q and q["precision"] is not None
+            else ""
+        )
+        print(
+            f"[uniproto] text filter kept {ctx.text_report['kept']} / dropped {ctx.text_report['dropped']} sentences{extra}",
+            flush=True,
+        )
     if need_prototypes:
         from system.class_prototypes import make_class_prototypes
 
         with ctx.timer("prototypes"):
             ctx.prototypes, ctx.prototype_stats = make_class_prototypes(cfg, manifest.class_names)
             s = ctx.prototype_stats
-            print(f"[uniproto] {s['num_classes']} prototypes in {s['dim']}-d: pairwise cos min {s['min_cos']:.4f} max {s['max_cos']:.4f}", flush=True)
+            print(
+                f"[uniproto] {s['num_classes']} prototypes in {s['dim']}-d: pairwise cos min {s['min_cos']:.4f} max {s['max_cos']:.4f}",
+                flush=True,
+            )
     return ctx

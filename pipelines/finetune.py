@@ -12,16 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from system.metrics import shot_accuracy
-
 from pipelines.common import parse_args, prepare_run
 from system.finetune import blended_predictions
+from system.metrics import shot_accuracy
 from system.report import accuracy_table
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(
-        "uniproto finetune", __doc__, argv, extra=lambda p: p.add_argument("--checkpoint", help="stage-1 checkpoint dir")
+        "uniproto finetune",
+        __doc__,
+        argv,
+        extra=lambda p: p.add_argument("--checkpoint", help="stage-1 checkpoint dir"),
     )
     ctx = prepare_run(args, need_prototypes=False)
     cfg = ctx.cfg
@@ -40,7 +42,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lam = metrics["best_lambda"]
     thr = (cfg.eval.many_threshold, cfg.eval.few_threshold)
     acc = shot_accuracy(blended_predictions(rep, lam), rep.labels, ctx.manifest.train_counts, *thr)
-    out = {"overall": acc["overall"], "many": acc["many"], "medium": acc["medium"], "few": acc["few"], **metrics}
+    out = {
+        "overall": acc["overall"],
+        "many": acc["many"],
+        "medium": acc["medium"],
+        "few": acc["few"],
+        **metrics,
+    }
     (ctx.run_dir / "finetune.json").write_text(json.dumps(out, indent=2, default=float))
     print(accuracy_table({f"lambda={lam:.2f}": acc}))
     return out

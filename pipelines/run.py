@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from system.metrics import shot_accuracy
-
 from pipelines.common import parse_args, prepare_run, stage_timer
 from system.finetune import blended_predictions
+from system.metrics import shot_accuracy
 from system.report import accuracy_table, plot_lambda_curves, plot_per_class, write_report
 from system.spaces import load_space
 
@@ -37,12 +36,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[uniproto] {init_ray(cfg)}", flush=True)
     shared = ctx.shared()
     with timer("sweep"):
-        print(f"[uniproto] sweep over {list(space) or 'no parameters'}: stage 1 + stage 2 per trial", flush=True)
+        print(
+            f"[uniproto] sweep over {list(space) or 'no parameters'}: stage 1 + stage 2 per trial", flush=True
+        )
         trials = run_sweep(cfg, space, shared)
     ok = [t for t in trials if "error" not in t]
     if not ok:
         last_lines = [t["error"].strip().splitlines()[-1] for t in trials]
-        raise RuntimeError(f"every trial failed; last error lines: {last_lines} (full errors in Ray's trial logs)")
+        raise RuntimeError(
+            f"every trial failed; last error lines: {last_lines} (full errors in Ray's trial logs)"
+        )
 
     with timer("evaluate"):
         # Selection on val (trial and lambda), then the report split is read once, for the chosen pair only.
@@ -52,9 +55,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         thr = (cfg.eval.many_threshold, cfg.eval.few_threshold)
         counts = manifest.train_counts
         results = {
-            f"blended (lambda={lam:.2f})": shot_accuracy(blended_predictions(rep, lam), rep.labels, counts, *thr),
-            "learnable head (lambda=0)": shot_accuracy(blended_predictions(rep, 0.0), rep.labels, counts, *thr),
-            "class-mean prototypes (lambda=1)": shot_accuracy(blended_predictions(rep, 1.0), rep.labels, counts, *thr),
+            f"blended (lambda={lam:.2f})": shot_accuracy(
+                blended_predictions(rep, lam), rep.labels, counts, *thr
+            ),
+            "learnable head (lambda=0)": shot_accuracy(
+                blended_predictions(rep, 0.0), rep.labels, counts, *thr
+            ),
+            "class-mean prototypes (lambda=1)": shot_accuracy(
+                blended_predictions(rep, 1.0), rep.labels, counts, *thr
+            ),
         }
         final = next(iter(results.values()))
         plot_per_class(
@@ -94,9 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     report["stage_seconds"]["total"] = time.perf_counter() - ctx.t_start
     write_report(ctx.run_dir, report)
-    print(f"\n[uniproto] {cfg.run.name}: top-1 on {cfg.eval.report_split} (chosen on {cfg.eval.select_split})")
+    print(
+        f"\n[uniproto] {cfg.run.name}: top-1 on {cfg.eval.report_split} (chosen on {cfg.eval.select_split})"
+    )
     print(accuracy_table(report["results"]))
-    print(f"[uniproto] report: {ctx.run_dir / 'report.md'} (+ report.json, per_class_accuracy.png, lambda_curves.png)")
+    print(
+        f"[uniproto] report: {ctx.run_dir / 'report.md'} (+ report.json, per_class_accuracy.png, lambda_curves.png)"
+    )
     return report
 
 

@@ -25,7 +25,9 @@ def _make_demo_data(argv: list[str]) -> int:
     p.add_argument("--test-per-class", type=int, default=30)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples-per-shard", type=int, default=100, help="small shards: Ray reads one shard per task")
+    p.add_argument(
+        "--samples-per-shard", type=int, default=100, help="small shards: Ray reads one shard per task"
+    )
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     from system.data.demo_data import make_demo_dataset

@@ -99,7 +99,7 @@ class FinetuneSection:
     weight_decay: float = knob(5e-4, lo=0.0)
     balanced_sampling: Literal["none", "sqrt", "balanced"] = "sqrt"
     proto_scale: float = knob(16.0, gt=0.0)  # s_p: scale of the cosine prototype logits
-    lam: float = knob(0.5, lo=0.0, hi=1.0)  # blending weight used when no sweep picks one
+    batch_size: int = knob(128, lo=1)  # head training batch (small data wants more steps per epoch)
     lambda_points: int = knob(101, lo=2)  # resolution of the lambda curve evaluated on val
     feature_batch_size: int = knob(256, lo=1)
 
@@ -121,7 +121,9 @@ class RaySection:
     no_progress_timeout_s: int = knob(600, lo=10)  # Ray Data fails instead of hanging when starved
     # Train/Tune storage; defaults to <run dir>/ray (use shared storage on clusters)
     storage_path: str | None = None
-    data_progress_bars: bool = False  # Ray Data's per-operator bars (noisy in logs; epoch lines show progress)
+    data_progress_bars: bool = (
+        False  # Ray Data's per-operator bars (noisy in logs; epoch lines show progress)
+    )
 
 
 @dataclass

@@ -37,6 +37,7 @@ def fit_stage2(
         epochs=cfg.epochs,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
         balanced_sampling=cfg.balanced_sampling,
         seed=seed,
     )
@@ -57,7 +58,9 @@ def branch_logits(
 def select_lambda(val: BranchLogits, points: int) -> tuple[float, float, np.ndarray, np.ndarray]:
     """Best lambda on the selection split: (lambda, top-1 %, lambda grid, curve); ties go to the smaller lambda."""
     lams = np.linspace(0.0, 1.0, points)
-    grid, accs = lambda_curve(torch.from_numpy(val.head), torch.from_numpy(val.proto), torch.from_numpy(val.labels), lams)
+    grid, accs = lambda_curve(
+        torch.from_numpy(val.head), torch.from_numpy(val.proto), torch.from_numpy(val.labels), lams
+    )
     best = np.flatnonzero(accs == accs.max())
     i = int(best[np.argmin(grid[best])])
     return float(grid[i]), float(accs[i]), grid, accs

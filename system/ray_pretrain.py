@@ -56,7 +56,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.run.seed)  # identical init everywhere; DeepSpeed also broadcasts rank 0's weights
-    prototypes = torch.tensor(np.asarray(ray.get(loop_config["prototypes_ref"])), dtype=torch.float32)  # [K, d]
+    prototypes = torch.tensor(
+        np.asarray(ray.get(loop_config["prototypes_ref"])), dtype=torch.float32
+    )  # [K, d]
 
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
     preprocess = preprocess_for(model)
@@ -108,7 +110,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     engine.train()
     t_wait = time.perf_counter()
     for batch in batches:
-        if step >= total_steps:  # a resumed run re-reads the stream from its start; stop at the planned length
+        if (
+            step >= total_steps
+        ):  # a resumed run re-reads the stream from its start; stop at the planned length
             break
         meter.wait(time.perf_counter() - t_wait)
         images = preprocess(batch["image"])  # [b, 3, S, S]
@@ -153,7 +157,9 @@ class EpochMeter:
         """Metrics over all ranks (only rank 0's report survives in Ray, so reduce before reporting)."""
         keys = sorted(self.sums)
         elapsed = time.perf_counter() - self.t0
-        vals = _all_reduce_sum([self.sums[k] for k in keys] + [self.steps, self.samples, self.wait_s, elapsed])
+        vals = _all_reduce_sum(
+            [self.sums[k] for k in keys] + [self.steps, self.samples, self.wait_s, elapsed]
+        )
         steps, samples, wait_s, elapsed_sum = vals[-4:]
         out = {k: v / max(steps, 1) for k, v in zip(keys, vals[: len(keys)], strict=True)}
         out.update(
@@ -187,7 +193,12 @@ def _end_epoch(engine, cfg: Config, meter: EpochMeter, epoch: int, step: int, wo
             engine.save_checkpoint(tmp, tag=f"epoch{epoch}")
             engine.save_16bit_model(tmp, MODEL_FILE)  # consolidated weights (rank 0 writes)
             if rank == 0:
-                meta = {"epoch": epoch, "step": step, "arch": cfg.model.arch, "image_size": cfg.data.image_size}
+                meta = {
+                    "epoch": epoch,
+                    "step": step,
+                    "arch": cfg.model.arch,
+                    "image_size": cfg.data.image_size,
+                }
                 (Path(tmp) / META_FILE).write_text(json.dumps(meta))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
     else:
