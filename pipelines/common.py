@@ -12,6 +12,7 @@ from typing import Any
 
 from system.config import Config, load_config, save_config
 from system.data.dataset_dir import Manifest, load_manifest
+from system.spaces import load_space
 
 
 def parse_args(prog: str, doc: str | None, argv: list[str] | None, extra=None) -> argparse.Namespace:
@@ -50,10 +51,6 @@ class StageTimer:
         print(f"[uniproto] << {name} done in {self.seconds[name]:.1f}s", flush=True)
 
 
-def stage_timer() -> StageTimer:
-    return StageTimer()
-
-
 @dataclass
 class RunContext:
     cfg: Config
@@ -65,6 +62,7 @@ class RunContext:
     pools: dict[int, list[str]] = field(default_factory=dict)
     prototypes: Any = None
     prototype_stats: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)  # sweep.space parsed and validated
 
     def storage_path(self) -> str:
         return self.cfg.ray.storage_path or str((self.run_dir / "ray").resolve())
@@ -102,6 +100,7 @@ def prepare_run(args: argparse.Namespace, need_prototypes: bool = True) -> RunCo
     manifest = load_manifest(cfg.data.root)
     for split in ("train", cfg.eval.select_split, cfg.eval.report_split):
         manifest.shard_paths(cfg.data.root, split)  # raises naming the split when the dataset lacks it
+    space = load_space(cfg.sweep.space, cfg) if cfg.sweep.space else {}
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -109,7 +108,7 @@ def prepare_run(args: argparse.Namespace, need_prototypes: bool = True) -> RunCo
         f"[uniproto] run {cfg.run.name}: dir {run_dir}, dataset {cfg.data.root} ({manifest.num_classes} classes)",
         flush=True,
     )
-    ctx = RunContext(cfg, manifest, run_dir, t_start, StageTimer())
+    ctx = RunContext(cfg, manifest, run_dir, t_start, StageTimer(), space=space)
 
     from system.text.prepare import prepare_text_pools
 

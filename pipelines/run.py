@@ -13,25 +13,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import parse_args, prepare_run, stage_timer
+from pipelines.common import parse_args, prepare_run
 from system.finetune import blended_predictions
 from system.metrics import shot_accuracy
 from system.report import accuracy_table, plot_lambda_curves, plot_per_class, write_report
-from system.spaces import load_space
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args("uniproto run", __doc__, argv)
-    ctx = prepare_run(args)  # config, manifest and space are validated here, before Ray starts
-    cfg, manifest = ctx.cfg, ctx.manifest
-    space = load_space(cfg.sweep.space, cfg) if cfg.sweep.space else {}
+    ctx = prepare_run(args)  # config, dataset and search space are validated here, before Ray starts
+    cfg, manifest, space, timer = ctx.cfg, ctx.manifest, ctx.space, ctx.timer
 
     import numpy as np
 
     from system.ray_cluster import init_ray
     from system.ray_sweep import load_branch_logits, run_sweep
 
-    timer = stage_timer()
     with timer("ray"):
         print(f"[uniproto] {init_ray(cfg)}", flush=True)
     shared = ctx.shared()
@@ -98,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "text_filter_per_class": ctx.text_report["per_class"],
         "prototypes": ctx.prototype_stats,
         "dataset": ctx.dataset_summary(),
-        "stage_seconds": ctx.timer.seconds | timer.seconds,
+        "stage_seconds": dict(timer.seconds),
         "config": cfg.to_dict(),
     }
     report["stage_seconds"]["total"] = time.perf_counter() - ctx.t_start

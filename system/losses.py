@@ -6,6 +6,8 @@ every key ending in `_loss`, so adding a term never touches the loop.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -23,7 +25,10 @@ def gather_features(x: torch.Tensor, with_grad: bool = True) -> torch.Tensor:
     if with_grad:
         import torch.distributed.nn.functional as dist_fn
 
-        return torch.cat(dist_fn.all_gather(x), dim=0)
+        with warnings.catch_warnings():
+            # Deprecated in favour of a private functional-collectives API; still the public autograd path.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(dist_fn.all_gather(x), dim=0)
     parts = [torch.zeros_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x)
     parts[dist.get_rank()] = x  # keep the local rows differentiable

@@ -18,5 +18,7 @@ def init_ray(cfg: Config) -> str:
         ray.init(address=address, log_to_driver=True)
         return f"connected to {address}"
     os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", str(cfg.ray.no_progress_timeout_s))
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+    # The dashboard (bound to 127.0.0.1) also serves the State API that Train's placement-group cleaner polls;
+    # without it the cleaner logs a warning every second.
+    ray.init(num_cpus=cfg.ray.num_cpus, dashboard_host="127.0.0.1", log_to_driver=True)
     return f"local Ray with {cfg.ray.num_cpus} logical CPUs"

@@ -6,8 +6,6 @@ import json
 import pytest
 import ray
 
-from system.config import ConfigError
-
 pytestmark = pytest.mark.integration
 
 
@@ -35,11 +33,19 @@ def _args(root, tmp_path, *extra):
     ]
 
 
-def test_bad_config_is_refused_before_ray_starts(tiny_dataset, tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.zero_stage=7", r"train\.zero_stage: must be <= 3"),
+        ("sweep.space=tune_spaces/missing.yaml", r"search space file not found"),
+        ("eval.report_split=holdout", r"holdout"),
+    ],
+)
+def test_bad_config_is_refused_before_ray_starts(tiny_dataset, tmp_path, override, message):
     from pipelines.run import main
 
-    with pytest.raises(ConfigError, match=r"train\.zero_stage: must be <= 3"):
-        main(_args(tiny_dataset, tmp_path, "--set", "train.zero_stage=7"))
+    with pytest.raises(ValueError, match=message):
+        main(_args(tiny_dataset, tmp_path, "--set", override))
     assert not ray.is_initialized()
     assert not (tmp_path / "e2e").exists()
 
