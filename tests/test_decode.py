@@ -21,7 +21,7 @@ def _batch(rows):
     return cols
 
 
-def test_decode_resizes_and_skips_bad_rows():
+def test_decode_resizes_and_skips_bad_rows(caplog):
     good = _jpeg((255, 0, 0))
     rows = [
         {"__key__": "a", "jpg": good, "txt": b"a red square", "json": json.dumps({"label": 1}).encode()},
@@ -31,7 +31,13 @@ def test_decode_resizes_and_skips_bad_rows():
         {"__key__": "e", "jpg": None, "txt": b"x", "json": b'{"label": 0}'},  # missing image
         {"__key__": "f", "jpg": b"not an image", "txt": b"x", "json": b'{"label": 0}'},
     ]
-    out = decode_batch(_batch(rows), image_size=16, num_classes=3)
+    batch = _batch(rows)
+    batch["__url__"] = np.array(["/data/train/00007.tar"] * len(rows), dtype=object)
+    with caplog.at_level("WARNING", logger="system.data.decode"):
+        out = decode_batch(batch, image_size=16, num_classes=3)
+    # The log names the shard and key of the first bad rows, so a user can find them.
+    assert "skipped 5 of 6 rows" in caplog.text
+    assert "/data/train/00007.tar:b (corrupt_image)" in caplog.text
     assert out["image"].shape == (1, 16, 16, 3) and out["image"].dtype == np.uint8
     assert out["label"].tolist() == [1] and out["label"].dtype == np.int64
     assert out["caption"].tolist() == ["a red square"]

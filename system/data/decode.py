@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+log = logging.getLogger(__name__)
 
 
 def resample_factors(train_counts: Sequence[int], mode: str) -> np.ndarray:
@@ -49,6 +51,13 @@ def _as_text(v) -> str:
     return str(v)
 
 
+def _skip(skipped: Counter[str], examples: list[str], reason: str, row: dict) -> None:
+    """Count a skipped row; keep a few examples naming the shard and key, for the log."""
+    skipped[reason] += 1
+    if len(examples) < 3:
+        examples.append(f"{_as_text(row.get('__url__')) or '?'}:{_as_text(row.get('__key__'))} ({reason})")
+
+
 def decode_batch(
     batch: dict[str, np.ndarray],
     image_size: int,
@@ -68,20 +77,21 @@ def decode_batch(
     rng = np.random.default_rng(seed)
     images, labels, captions, out_keys = [], [], [], []
     skipped: Counter[str] = Counter()
+    examples: list[str] = []
     for i in range(n):
         row = {k: v[i] for k, v in batch.items()}
         raw = _first_image(row)
         if raw is None:
-            skipped["missing_image"] += 1
+            _skip(skipped, examples, "missing_image", row)
             continue
         try:
             meta = json.loads(_as_text(row.get("json"))) if row.get("json") is not None else {}
             label = int(meta["label"])
         except (ValueError, KeyError, TypeError):
-            skipped["missing_label"] += 1
+            _skip(skipped, examples, "missing_label", row)
             continue
         if not 0 <= label < num_classes:
-            skipped["unknown_label"] += 1
+            _skip(skipped, examples, "unknown_label", row)
             continue
         try:
             with Image.open(io.BytesIO(raw)) as im:
@@ -90,7 +100,7 @@ def decode_batch(
                     im = im.resize((image_size, image_size), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)  # [S, S, 3]
         except Exception:  # noqa: BLE001 - PIL raises many types for corrupt data; all mean "skip this row"
-            skipped["corrupt_image"] += 1
+            _skip(skipped, examples, "corrupt_image", row)
             continue
         reps = 1
         if repeat_factors is not None:
@@ -102,6 +112,14 @@ def decode_batch(
             captions.append(_as_text(row.get("txt")).strip())
             out_keys.append(_as_text(row.get("__key__")))
     decode_batch.last_skipped = skipped  # type: ignore[attr-defined]
+    if skipped:
+        log.warning(
+            "skipped %d of %d rows (%s); e.g. %s",
+            sum(skipped.values()),
+            n,
+            dict(skipped),
+            "; ".join(examples),
+        )
     size = (0, image_size, image_size, 3)
     return {
         "image": np.stack(images) if images else np.zeros(size, dtype=np.uint8),
