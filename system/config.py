@@ -131,7 +131,6 @@ class SweepSection:
     space: str | None = "tune_spaces/demo.yaml"  # None: a single trial with the config as is
     num_samples: int = knob(1, lo=1)  # samples per grid point
     max_concurrent: int = knob(1, lo=1)
-    metric: str = "val_top1"
 
 
 @dataclass

@@ -48,8 +48,6 @@ def run_stage2(cfg: Config, shared: dict[str, Any], weights: str, out_dir: Path)
         },
         lambda_grid=grid,
         lambda_curve=curve,
-        train_features=feats["train"][0],
-        train_labels=feats["train"][1],
     )
     return {
         "best_lambda": lam,
