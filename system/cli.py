@@ -67,6 +67,32 @@ def _pipeline(module: str) -> Callable[[list[str]], int]:
     return run
 
 
+def _prototypes(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="uniproto prototypes",
+        description="Uniform class prototypes on the sphere; last line is JSON stats.",
+    )
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (only used when K > d+1)")
+    p.add_argument("--out", help="write the [K, d] float32 array here (.npy); row c is class c's prototype")
+    a = p.parse_args(argv)
+    import numpy as np
+
+    from system.prototypes import prototype_stats, uniform_prototypes
+
+    t0 = time.perf_counter()
+    protos = uniform_prototypes(a.num_classes, a.dim, seed=a.seed, steps=a.steps)  # [K, d]
+    seconds = time.perf_counter() - t0
+    stats = {k: float(v) for k, v in prototype_stats(protos).items()}
+    method = "simplex_etf" if a.num_classes <= a.dim + 1 else "optimized"
+    if a.out:
+        np.save(a.out, protos.numpy().astype(np.float32))
+    print(json.dumps({**stats, "seconds": round(seconds, 3), "method": method, "out": a.out}))
+    return 0
+
+
 def _models(argv: list[str]) -> int:
     from system.models import list_architectures
 
@@ -79,6 +105,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (_pipeline("run"), "the whole pipeline: text filter, stage 1 + stage 2 sweep, test report"),
     "pretrain": (_pipeline("pretrain"), "stage 1 alone (Ray Data + Ray Train + DeepSpeed)"),
     "finetune": (_pipeline("finetune"), "stage 2 + evaluation from a stage-1 checkpoint"),
+    "prototypes": (_prototypes, "uniform class prototypes (simplex ETF or optimised) with their geometry"),
     "models": (_models, "list open_clip architectures (ours included)"),
 }
 

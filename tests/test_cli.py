@@ -34,3 +34,22 @@ def test_config_and_dataset_errors_exit_2(tmp_path, capsys):
         main(["run", "--config", "pipelines/configs/demo.yaml", "--set", f"data.root={tmp_path}/none"]) == 2
     )
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_prototypes_command_etf_and_optimised(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "p.npy"
+    assert main(["prototypes", "--num-classes", "10", "--dim", "16", "--out", str(out)]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["method"] == "simplex_etf"
+    # Simplex ETF: every pairwise cosine is exactly -1/(K-1).
+    assert abs(stats["max_cos"] + 1 / 9) < 1e-6 and abs(stats["min_cos"] + 1 / 9) < 1e-6
+    p = np.load(out)
+    assert p.shape == (10, 16) and np.allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-6)
+
+    # K=6 in 3-D (> d+1): the optimiser should find the octahedron, whose max cosine is 0.
+    assert main(["prototypes", "--num-classes", "6", "--dim", "3", "--steps", "600"]) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["method"] == "optimized"
+    assert abs(stats["max_cos"]) < 5e-3 and stats["seconds"] >= 0
