@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import parse_args, prepare_run
-from system.finetune import blended_predictions
-from system.metrics import shot_accuracy
+from system.finetune import shot_accuracy_at
 from system.report import accuracy_table
 
 
@@ -40,8 +39,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics = run_stage2(cfg, ctx.shared(), str(weights), ctx.run_dir / "stage2")
     rep = load_branch_logits(ctx.run_dir / "stage2", cfg.eval.report_split)
     lam = metrics["best_lambda"]
-    thr = (cfg.eval.many_threshold, cfg.eval.few_threshold)
-    acc = shot_accuracy(blended_predictions(rep, lam), rep.labels, ctx.manifest.train_counts, *thr)
+    acc = shot_accuracy_at(rep, lam, ctx.manifest.train_counts, cfg.eval)
     out = {
         "overall": acc["overall"],
         "many": acc["many"],

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import parse_args, prepare_run
-from system.finetune import blended_predictions
-from system.metrics import shot_accuracy
+from system.finetune import shot_accuracy_at
 from system.report import accuracy_table, plot_lambda_curves, plot_per_class, write_report
 
 
@@ -52,15 +51,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         thr = (cfg.eval.many_threshold, cfg.eval.few_threshold)
         counts = manifest.train_counts
         results = {
-            f"blended (lambda={lam:.2f})": shot_accuracy(
-                blended_predictions(rep, lam), rep.labels, counts, *thr
-            ),
-            "learnable head (lambda=0)": shot_accuracy(
-                blended_predictions(rep, 0.0), rep.labels, counts, *thr
-            ),
-            "class-mean prototypes (lambda=1)": shot_accuracy(
-                blended_predictions(rep, 1.0), rep.labels, counts, *thr
-            ),
+            f"blended (lambda={lam:.2f})": shot_accuracy_at(rep, lam, counts, cfg.eval),
+            "learnable head (lambda=0)": shot_accuracy_at(rep, 0.0, counts, cfg.eval),
+            "class-mean prototypes (lambda=1)": shot_accuracy_at(rep, 1.0, counts, cfg.eval),
         }
         final = next(iter(results.values()))
         plot_per_class(

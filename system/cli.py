@@ -80,13 +80,13 @@ def _prototypes(argv: list[str]) -> int:
     a = p.parse_args(argv)
     import numpy as np
 
-    from system.prototypes import prototype_stats, uniform_prototypes
+    from system.prototypes import prototype_method, prototype_stats, uniform_prototypes
 
     t0 = time.perf_counter()
     protos = uniform_prototypes(a.num_classes, a.dim, seed=a.seed, steps=a.steps)  # [K, d]
     seconds = time.perf_counter() - t0
     stats = {k: float(v) for k, v in prototype_stats(protos).items()}
-    method = "simplex_etf" if a.num_classes <= a.dim + 1 else "optimized"
+    method = prototype_method(a.num_classes, a.dim)
     if a.out:
         np.save(a.out, protos.numpy().astype(np.float32))
     print(json.dumps({**stats, "seconds": round(seconds, 3), "method": method, "out": a.out}))

@@ -7,12 +7,14 @@ splits: the whole lambda curve costs no retraining (METHOD.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from system.config import FinetuneSection
+from system.config import EvalSection, FinetuneSection
 from system.heads import blend_logits, class_mean_prototypes, lambda_curve, train_head
+from system.metrics import shot_accuracy
 
 
 @dataclass
@@ -64,6 +66,14 @@ def select_lambda(val: BranchLogits, points: int) -> tuple[float, float, np.ndar
     best = np.flatnonzero(accs == accs.max())
     i = int(best[np.argmin(grid[best])])
     return float(grid[i]), float(accs[i]), grid, accs
+
+
+def shot_accuracy_at(
+    logits: BranchLogits, lam: float, train_counts: list[int], eval_cfg: EvalSection
+) -> dict[str, Any]:
+    """Top-1 overall and by shot group of the blended classifier at `lam` (METHOD.md's protocol)."""
+    preds = blended_predictions(logits, lam)
+    return shot_accuracy(preds, logits.labels, train_counts, eval_cfg.many_threshold, eval_cfg.few_threshold)
 
 
 def blended_predictions(logits: BranchLogits, lam: float) -> np.ndarray:

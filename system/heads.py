@@ -294,9 +294,8 @@ def _solve_chunk(
     last = torch.searchsorted(grid, r + band, side="right")  # [E'], grid[first:last] is near the crossing
     width = (last - first).clamp(min=0)  # [E']
     near_rows = rrows.repeat_interleave(width)  # [M]
-    starts = (torch.cumsum(width, 0) - width).repeat_interleave(
-        width
-    )  # [M], where each crossing's run begins
+    # [M]: where each crossing's run begins
+    starts = (torch.cumsum(width, 0) - width).repeat_interleave(width)
     offsets = torch.arange(int(width.sum())) - starts  # [M], 0, 1, .. within each run
     near_grid = first.repeat_interleave(width) + offsets  # [M]
     return correct, (near_rows, near_grid)

@@ -125,9 +125,14 @@ def optimize_uniform(
     return best.float().cpu()
 
 
+def prototype_method(num_classes: int, dim: int) -> str:
+    """'simplex_etf' when K <= d+1 (exact optimum), else 'optimized'."""
+    return "simplex_etf" if num_classes <= dim + 1 else "optimized"
+
+
 def uniform_prototypes(num_classes: int, dim: int, seed: int = 0, **opt_kwargs) -> torch.Tensor:
     """Uniform prototypes [K, d]: the exact simplex ETF when K <= d+1, otherwise optimize_uniform(**opt_kwargs)."""
-    if num_classes <= dim + 1:
+    if prototype_method(num_classes, dim) == "simplex_etf":
         return simplex_etf(num_classes, dim, seed=seed)
     return optimize_uniform(num_classes, dim, seed=seed, **opt_kwargs)
 

@@ -110,9 +110,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     engine.train()
     t_wait = time.perf_counter()
     for batch in batches:
-        if (
-            step >= total_steps
-        ):  # a resumed run re-reads the stream from its start; stop at the planned length
+        # A resumed run re-reads the stream from its start: stop at the planned length.
+        if step >= total_steps:
             break
         meter.wait(time.perf_counter() - t_wait)
         images = preprocess(batch["image"])  # [b, 3, S, S]
