@@ -97,10 +97,10 @@ def prepare_run(args: argparse.Namespace, need_prototypes: bool = True) -> RunCo
     """Validate everything that can be validated without Ray, then build the driver-side inputs."""
     t_start = time.perf_counter()
     cfg = load_config(args.config, args.set)
+    space = load_space(cfg.sweep.space, cfg) if cfg.sweep.space else {}
     manifest = load_manifest(cfg.data.root)
     for split in ("train", cfg.eval.select_split, cfg.eval.report_split):
         manifest.shard_paths(cfg.data.root, split)  # raises naming the split when the dataset lacks it
-    space = load_space(cfg.sweep.space, cfg) if cfg.sweep.space else {}
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")

@@ -101,6 +101,8 @@ class FinetuneSection:
     proto_scale: float = knob(16.0, gt=0.0)  # s_p: scale of the cosine prototype logits
     batch_size: int = knob(128, lo=1)  # head training batch (small data wants more steps per epoch)
     lambda_points: int = knob(101, lo=2)  # resolution of the lambda curve evaluated on val
+    # lambda: None = chosen on the selection split from the curve; a number fixes it (best.yaml sets it)
+    blend_weight: float | None = knob(None, lo=0.0, hi=1.0)
     feature_batch_size: int = knob(256, lo=1)
 
 
@@ -110,6 +112,9 @@ class EvalSection:
     few_threshold: int = knob(20, lo=1)  # few-shot: n_c < few_threshold
     select_split: str = "val"  # hyperparameters are chosen here ...
     report_split: str = "test"  # ... and numbers reported here, never the reverse
+    # Stage-1 probe: zero-shot top-1 on this many selection-split images after every epoch (0 = off). It is the
+    # per-epoch sweep metric that ASHA stops trials on and Optuna sees.
+    stage1_val_samples: int = knob(512, lo=0)
 
 
 @dataclass
@@ -129,8 +134,12 @@ class RaySection:
 @dataclass
 class SweepSection:
     space: str | None = "tune_spaces/demo.yaml"  # None: a single trial with the config as is
-    num_samples: int = knob(1, lo=1)  # samples per grid point
-    max_concurrent: int = knob(1, lo=1)
+    num_samples: int = knob(1, lo=1)  # samples per grid point (basic) or trials in all (optuna)
+    max_concurrent: int | None = knob(None, lo=1)  # None: as many trials as the cluster's CPUs/GPUs hold
+    search: Literal["basic", "optuna"] = "basic"  # basic: grid + random sampling; optuna: seeded TPE
+    scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials at epoch rungs
+    asha_grace_epochs: int = knob(1, lo=1)  # no trial is stopped before this many stage-1 epochs
+    asha_reduction_factor: float = knob(2.0, gt=1.0)
 
 
 @dataclass
@@ -275,6 +284,15 @@ def _validate_cross(cfg: Config) -> None:
         )
     if cfg.train.micro_batch_size * cfg.train.num_workers < 4:
         raise ConfigError("train.micro_batch_size: the global batch must hold at least 4 samples")
+    if (cfg.sweep.scheduler == "asha" or cfg.sweep.search == "optuna") and cfg.eval.stage1_val_samples == 0:
+        raise ConfigError(
+            f"eval.stage1_val_samples: sweep.{'scheduler=asha' if cfg.sweep.scheduler == 'asha' else 'search=optuna'}"
+            " needs the per-epoch val probe; set eval.stage1_val_samples > 0"
+        )
+    if cfg.sweep.scheduler == "asha" and cfg.sweep.asha_grace_epochs > cfg.train.epochs:
+        raise ConfigError(
+            f"sweep.asha_grace_epochs: must be <= train.epochs ({cfg.train.epochs}), got {cfg.sweep.asha_grace_epochs}"
+        )
     from system.text.filter import SCORERS  # local import: the filter module is heavier than the config
 
     if cfg.data.text_scorer not in SCORERS:

@@ -57,13 +57,41 @@ def branch_logits(
     return BranchLogits(head_logits.numpy(), proto_logits.numpy(), labels)
 
 
-def select_lambda(val: BranchLogits, points: int) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Best lambda on the selection split: (lambda, top-1 %, lambda grid, curve); ties go to the smaller lambda."""
-    lams = np.linspace(0.0, 1.0, points)
+def lambda_candidates(
+    points: int, fixed: float | None = None, spec: tuple[str, list[Any]] | None = None
+) -> np.ndarray:
+    """The lambdas selection may pick from: a fixed value, a space entry's values or range, else [0, 1].
+
+    `spec` is a search-space entry for finetune.blend_weight: grid/choice lists are taken as they are, a range
+    (uniform/quniform/loguniform low, high) becomes `points` evenly spaced values inside it.
+    """
+    if fixed is not None:
+        return np.asarray([fixed], dtype=np.float64)
+    if spec is not None:
+        kind, args = spec
+        if kind in ("grid", "choice"):
+            return np.unique(np.asarray(args, dtype=np.float64))
+        return np.linspace(float(args[0]), float(args[1]), points)
+    return np.linspace(0.0, 1.0, points)
+
+
+def select_lambda(
+    val: BranchLogits, points: int, candidates: np.ndarray | None = None
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Best lambda on the selection split: (lambda, top-1 %, lambda grid, curve); ties go to the smaller lambda.
+
+    The curve always covers [0, 1] at `points` values (for the plots) plus the candidates; the choice is made
+    among the candidates only (default: the whole [0, 1] grid).
+    """
+    full = np.linspace(0.0, 1.0, points)
+    # Rounded so that a candidate like 0.3 and the grid's 0.30000000000000004 are one point.
+    cand = np.round(full if candidates is None else np.asarray(candidates, dtype=np.float64), 12)
+    lams = np.union1d(np.round(full, 12), cand)
     grid, accs = lambda_curve(
         torch.from_numpy(val.head), torch.from_numpy(val.proto), torch.from_numpy(val.labels), lams
     )
-    best = np.flatnonzero(accs == accs.max())
+    allowed = np.isin(grid, cand)
+    best = np.flatnonzero(allowed & (accs == accs[allowed].max()))
     i = int(best[np.argmin(grid[best])])
     return float(grid[i]), float(accs[i]), grid, accs
 

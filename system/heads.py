@@ -23,6 +23,7 @@ __all__ = [
     "build_head",
     "class_mean_prototypes",
     "lambda_curve",
+    "leave_one_out_class_mean_predictions",
     "positive_bias",
     "train_head",
 ]
@@ -78,6 +79,32 @@ def class_mean_prototypes(features: torch.Tensor, labels: torch.Tensor, num_clas
 
 # ---------------------------------------------------------------------------------------------------------------
 # heads
+
+
+def leave_one_out_class_mean_predictions(
+    features: torch.Tensor, labels: torch.Tensor, class_sums: torch.Tensor, class_counts: torch.Tensor
+) -> torch.Tensor:
+    """Nearest class mean by cosine, each sample's own class mean computed without it.
+
+    `class_sums` [K, d] / `class_counts` [K] are sums of the L2-normalised features of a labelled set that holds
+    `features` (possibly summed over many workers). A class left with no other sample cannot be predicted for
+    that sample. This measures how well the feature space separates classes with no training at all, which is
+    what the stage-2 prototype branch relies on; it is the per-epoch stage-1 sweep metric.
+    """
+    f = F.normalize(features.double(), dim=1)  # [n, d]
+    y = labels.long()  # [n]
+    sums = class_sums.double()  # [K, d]
+    counts = class_counts.double()  # [K]
+    mu = sums / counts.clamp(min=1).unsqueeze(1)  # [K, d]
+    scores = F.normalize(f, dim=1) @ F.normalize(mu, dim=1).T  # [n, K]
+    scores[:, counts == 0] = -torch.inf
+    own = sums[y] - f  # [n, d] own class without the sample
+    own_n = counts[y] - 1  # [n]
+    own_score = (f * F.normalize(own, dim=1)).sum(dim=1)  # [n] (direction only: the count does not matter)
+    scores[torch.arange(len(y)), y] = torch.where(
+        own_n > 0, own_score, torch.full_like(own_score, -torch.inf)
+    )
+    return scores.argmax(dim=1)
 
 
 def _linear_head(dim: int, num_classes: int, bias: bool = True) -> nn.Module:

@@ -37,10 +37,19 @@ def read_split(paths: Sequence[str]) -> ray.data.Dataset:
 
 
 def decoded_split(
-    cfg: Config, manifest: Manifest, paths: Sequence[str], resample: str = "none"
+    cfg: Config,
+    manifest: Manifest,
+    paths: Sequence[str],
+    resample: str = "none",
+    sample_fraction: float | None = None,
 ) -> ray.data.Dataset:
     factors = None if resample == "none" else resample_factors(manifest.train_counts, resample)
-    return read_split(paths).map_batches(
+    raw = read_split(paths)
+    if sample_fraction is not None and sample_fraction < 1.0:
+        # Sample raw rows before decoding: only the kept images are decoded. Seeded, so every trial of a
+        # sweep sees the same subset.
+        raw = raw.random_sample(sample_fraction, seed=cfg.run.seed)
+    return raw.map_batches(
         decode_batch,
         fn_kwargs={
             "image_size": cfg.data.image_size,
@@ -51,6 +60,21 @@ def decoded_split(
         batch_size=cfg.data.decode_batch_size,
         batch_format="numpy",
     )
+
+
+def val_probe(cfg: Config, manifest: Manifest, paths: Sequence[str], split: str) -> dict[str, np.ndarray]:
+    """About `eval.stage1_val_samples` decoded images of `split` (a seeded random subset when the split is
+    larger), as numpy arrays: image [N, 3, S, S] uint8, label [N] int64. Small enough to ship to every worker."""
+    n = cfg.eval.stage1_val_samples
+    size = manifest.splits[split].num_samples
+    ds = decoded_split(cfg, manifest, paths, sample_fraction=min(1.0, n / max(size, 1)))
+    batches = list(ds.iter_batches(batch_format="numpy", batch_size=None))
+    if not batches:
+        raise RuntimeError(f"stage-1 probe: no decodable samples in split {split!r} ({list(paths)[:3]}...)")
+    return {
+        "image": np.concatenate([b["image"] for b in batches])[:n],
+        "label": np.concatenate([b["label"] for b in batches]).astype(np.int64)[:n],
+    }
 
 
 def epoch_shard_order(paths: Sequence[str], epochs: int, seed: int) -> list[str]:

@@ -24,9 +24,10 @@ from ray.train.torch import TorchTrainer
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.ds_config import deepspeed_config, warmup_cosine
+from system.heads import leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss, total_loss
 from system.models import create_clip, preprocess_for
-from system.ray_data import configure_data_context, train_dataset
+from system.ray_data import configure_data_context, train_dataset, val_probe
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -42,11 +43,18 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks. NCCL reduces only GPU tensors, gloo CPU ones: go through the backend's device."""
+    if not torch.distributed.is_initialized():
+        return t
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    out = t.to(device)
+    torch.distributed.all_reduce(out)
+    return out.to(t.device)
+
+
 def _all_reduce_sum(values: list[float]) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t.tolist()
+    return _all_reduce(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -87,6 +95,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = engine.device
     loss_fn.to(device)
 
+    probe = StageOneProbe.build(loop_config, cfg.model.arch, preprocess, device, rank, world)
     step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -97,7 +106,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[stage1] resumed after epoch {meta['epoch']} (step {step})", flush=True)
 
-    meter = EpochMeter()
+    meter = EpochMeter(resumed_from_step=step)
     total_steps = steps_per_epoch * cfg.train.epochs
     shard = ray.train.get_dataset_shard("train")
     batches = shard.iter_torch_batches(
@@ -124,17 +133,88 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         meter.add(terms, loss, batch["label"].shape[0])
         step += 1
         if step % steps_per_epoch == 0:
-            _end_epoch(engine, cfg, meter, step // steps_per_epoch, step, world, rank)
+            _end_epoch(engine, cfg, meter, probe, step // steps_per_epoch, step, world, rank)
         t_wait = time.perf_counter()
     if step % steps_per_epoch and step < total_steps:
         # Stochastic resampling made the stream a little short: close the last epoch where it ended.
-        _end_epoch(engine, cfg, meter, cfg.train.epochs, step, world, rank)
+        _end_epoch(engine, cfg, meter, probe, cfg.train.epochs, step, world, rank)
+
+
+class StageOneProbe:
+    """A fixed subset of the selection split scored after every epoch: leave-one-out class-mean top-1 (the
+    per-epoch sweep metric) and zero-shot top-1 against the class-name prompts.
+
+    Each rank embeds its slice; class sums and correct counts are summed over ranks.
+    Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively per forward).
+    """
+
+    BATCH = 256
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, tokens: torch.Tensor, preprocess, device, batches
+    ):
+        self.images, self.labels = images, labels  # [n, 3, S, S] uint8, [n] int64: this rank's slice
+        self.tokens = tokens  # [K, L] class-name prompts
+        self.preprocess, self.device, self.batches = preprocess, device, batches
+
+    @classmethod
+    def build(cls, loop_config: dict[str, Any], arch: str, preprocess, device, rank: int, world: int):
+        if loop_config.get("probe_ref") is None:
+            return None
+        from system.models import tokenizer_for
+        from system.text.filter import PROMPT_TEMPLATES
+
+        data = ray.get(loop_config["probe_ref"])
+        per_rank = -(-len(data["label"]) // world)  # ceil, so every rank plans the same batch count
+        rows = slice(rank * per_rank, (rank + 1) * per_rank)
+        prompts = [PROMPT_TEMPLATES[0].format(name=n) for n in loop_config["class_names"]]
+        tokens = tokenizer_for(arch)(prompts)
+        return cls(
+            data["image"][rows], data["label"][rows], tokens, preprocess, device, -(-per_rank // cls.BATCH)
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, num_classes: int) -> dict[str, float]:
+        """Zero-shot and leave-one-out class-mean top-1 (%) over every rank's slice, and the sample count."""
+        was_training = model.training
+        model.eval()
+        text = model.encode_text(self.tokens.to(self.device), normalize=True)  # [K, d]
+        feats = []
+        for j in range(self.batches):
+            images = self.images[j * self.BATCH : (j + 1) * self.BATCH]
+            n = len(images)
+            if n == 0:  # this rank ran out: a dummy forward keeps the ranks' forward counts equal
+                images = np.zeros((1, *self.images.shape[1:]), np.uint8)
+            x = self.preprocess(
+                torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            )  # [b, 3, S, S]
+            feats.append(model.encode_image(x, normalize=True)[:n].float().cpu())  # [n, d]
+        model.train(was_training)
+        f = torch.cat(feats) if feats else torch.zeros(0, text.shape[1])  # [n, d]
+        y = torch.from_numpy(self.labels).long()  # [n]
+        zs_correct = float(((f @ text.float().cpu().T).argmax(dim=1) == y).sum()) if len(y) else 0.0
+        # Class sums over all ranks, then every rank scores its own samples leave-one-out.
+        sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64).index_add_(
+            0, y, f.double()
+        )  # [K, d]
+        counts = torch.bincount(y, minlength=num_classes).double()  # [K]
+        sums, counts = _all_reduce(sums), _all_reduce(counts)
+        ncm_correct = (
+            float((leave_one_out_class_mean_predictions(f, y, sums, counts) == y).sum()) if len(y) else 0.0
+        )
+        zs, ncm, seen = _all_reduce_sum([zs_correct, ncm_correct, float(len(y))])
+        return {
+            "val_ncm_top1": 100.0 * ncm / max(seen, 1.0),
+            "val_zs_top1": 100.0 * zs / max(seen, 1.0),
+            "val_probe_samples": int(seen),
+        }
 
 
 class EpochMeter:
     """Per-epoch sums on one rank: loss terms, samples, steps, time blocked on data, wall time."""
 
-    def __init__(self) -> None:
+    def __init__(self, resumed_from_step: int = 0) -> None:
+        self.resumed_from_step = resumed_from_step
         self.reset()
 
     def reset(self) -> None:
@@ -171,10 +251,19 @@ class EpochMeter:
         return out
 
 
-def _end_epoch(engine, cfg: Config, meter: EpochMeter, epoch: int, step: int, world: int, rank: int) -> None:
+def _end_epoch(
+    engine, cfg: Config, meter: EpochMeter, probe, epoch: int, step: int, world: int, rank: int
+) -> None:
     """Reduce metrics, print progress on rank 0, checkpoint (all ranks save, then all report) or just report."""
     metrics = meter.reduce(world)
+    if probe is not None:
+        metrics.update(probe.evaluate(_unwrap(engine), len(probe.tokens)))
+        # val_score is the sweep metric in every report: here the leave-one-out class-mean top-1 of the
+        # probe (how well the features separate classes, what stage 2's prototype branch uses, defined for
+        # every loss variant); in the trial's final report the chosen classifier's val top-1 (ray_sweep).
+        metrics["val_score"] = metrics["val_ncm_top1"]
     metrics.update(
+        resumed_from_step=meter.resumed_from_step,
         epoch=epoch,
         step=step,
         lr=float(engine.get_lr()[0]),
@@ -182,8 +271,13 @@ def _end_epoch(engine, cfg: Config, meter: EpochMeter, epoch: int, step: int, wo
     )
     if rank == 0:
         terms = " ".join(f"{k}={metrics[k]:.3f}" for k in sorted(metrics) if k.endswith("loss"))
+        probe_txt = (
+            f" val class-mean {metrics['val_ncm_top1']:.1f}% zero-shot {metrics['val_zs_top1']:.1f}%"
+            if "val_ncm_top1" in metrics
+            else ""
+        )
         print(
-            f"[stage1] epoch {epoch}/{cfg.train.epochs} step {step} {terms} "
+            f"[stage1] epoch {epoch}/{cfg.train.epochs} step {step} {terms}{probe_txt} "
             f"{metrics['samples_per_s']:.0f} samples/s, data-wait {100 * metrics['data_wait_fraction']:.0f}%",
             flush=True,
         )
@@ -217,6 +311,8 @@ def build_trainer(
     name: str,
     storage_path: str,
     callbacks: list | None = None,
+    probe: dict[str, np.ndarray] | None = None,
+    class_names: list[str] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for stage 1. Running it again with the same name and storage resumes (Train V2)."""
     env = {"DS_ACCELERATOR": "cpu"} if not cfg.train.use_gpu else {}
@@ -226,6 +322,8 @@ def build_trainer(
             "cfg": cfg.to_dict(),
             "prototypes_ref": ray.put(prototypes),
             "rows_per_epoch": rows_per_epoch,
+            "probe_ref": ray.put(probe) if probe is not None else None,
+            "class_names": list(class_names or []),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -249,6 +347,10 @@ def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list |
     configure_data_context(cfg)
     manifest: Manifest = shared["manifest"]
     ds = train_dataset(cfg, manifest, shared["paths"]["train"], shared["pools"])
+    probe = None
+    if cfg.eval.stage1_val_samples:
+        split = cfg.eval.select_split
+        probe = val_probe(cfg, manifest, shared["paths"][split], split)
     trainer = build_trainer(
         cfg,
         ds,
@@ -257,5 +359,7 @@ def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list |
         name=name,
         storage_path=shared["storage_path"],
         callbacks=callbacks,
+        probe=probe,
+        class_names=manifest.class_names,
     )
     return trainer.fit()

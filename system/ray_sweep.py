@@ -3,11 +3,19 @@
 The prototype temperature needs training, the blending weight does not: each trial trains once, keeps both
 classifier branches' logits on the selection and report splits, and evaluates the whole lambda curve on the
 selection split. The driver picks the best trial and lambda on val; test numbers are read only afterwards.
+
+Every report of a trial carries `val_score`, the sweep metric: the zero-shot probe on val after each stage-1
+epoch (what ASHA stops trials on), then the chosen classifier's val top-1 in the trial's last report.
+Running the same sweep again restores it (`Tuner.restore`): finished trials are kept, unfinished ones go on,
+and their TorchTrainers resume from their last stage-1 checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import shutil
 import tempfile
 import time
@@ -18,17 +26,22 @@ import numpy as np
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from system.config import Config, config_from_dict
+from system.config import Config, ConfigError, config_from_dict
 from system.data.dataset_dir import Manifest
-from system.finetune import BranchLogits, branch_logits, fit_stage2, select_lambda
+from system.finetune import BranchLogits, branch_logits, fit_stage2, lambda_candidates, select_lambda
 from system.ray_data import configure_data_context, extract_features
 from system.ray_pretrain import MODEL_FILE, run_stage1
+from system.spaces import Space, split_space
 
 LOGITS_FILE = "logits.npz"
 TRIAL_FILE = "trial.json"
+METRIC = "val_score"
+FINGERPRINT_FILE = "sweep_fingerprint.json"
 
 
-def run_stage2(cfg: Config, shared: dict[str, Any], weights: str, out_dir: Path) -> dict[str, Any]:
+def run_stage2(
+    cfg: Config, shared: dict[str, Any], weights: str, out_dir: Path, lambda_spec: tuple | None = None
+) -> dict[str, Any]:
     """Features of train/select/report splits, head + class-mean prototypes, lambda curve on the select split."""
     configure_data_context(cfg)
     manifest: Manifest = shared["manifest"]
@@ -37,7 +50,8 @@ def run_stage2(cfg: Config, shared: dict[str, Any], weights: str, out_dir: Path)
     head, mu = fit_stage2(*feats["train"], manifest.num_classes, cfg.finetune, cfg.run.seed)
     sel, rep = cfg.eval.select_split, cfg.eval.report_split
     logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale) for s in (sel, rep)}
-    lam, acc, grid, curve = select_lambda(logits[sel], cfg.finetune.lambda_points)
+    candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, lambda_spec)
+    lam, acc, grid, curve = select_lambda(logits[sel], cfg.finetune.lambda_points, candidates)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out_dir / LOGITS_FILE,
@@ -62,6 +76,7 @@ def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) 
     cfg = config_from_dict(base, params)
     trial_id = tune.get_context().get_trial_id()
     t0 = time.perf_counter()
+    # The Train run's name comes from the trial id, so a restored trial resumes its own stage-1 checkpoints.
     result = run_stage1(
         cfg, shared, name=f"{cfg.run.name}-stage1-{trial_id}", callbacks=[TuneReportCallback()]
     )
@@ -71,9 +86,10 @@ def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) 
             weights = Path(tmp) / MODEL_FILE
             shutil.copy(Path(ckpt) / MODEL_FILE, weights)
         out = Path(tmp) / "stage2"
-        metrics = run_stage2(cfg, shared, str(weights), out)
-        metrics.update(stage1_s=t1 - t0, stage2_s=time.perf_counter() - t1, params=params)
+        metrics = run_stage2(cfg, shared, str(weights), out, shared.get("lambda_spec"))
+        metrics.update(stage1_s=t1 - t0, stage2_s=time.perf_counter() - t1, params=params, trial_id=trial_id)
         metrics.update({f"final_{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))})
+        metrics[METRIC] = metrics["val_top1"]
         (out / TRIAL_FILE).write_text(json.dumps(metrics, default=float))
         tune.report(
             {k: v for k, v in metrics.items() if k != "params"},
@@ -81,7 +97,7 @@ def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) 
         )
 
 
-def tune_param_space(space: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
+def tune_param_space(space: Space) -> dict[str, Any]:
     builders = {
         "grid": lambda a: tune.grid_search(a),
         "choice": lambda a: tune.choice(a),
@@ -93,38 +109,146 @@ def tune_param_space(space: dict[str, tuple[str, list[Any]]]) -> dict[str, Any]:
     return {key: builders[kind](args) for key, (kind, args) in space.items()}
 
 
-def run_sweep(
-    cfg: Config, space: dict[str, tuple[str, list[Any]]], shared: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Run every trial; return one record per trial: params, metrics and the local path of its stage-2 output."""
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What one trial holds while it runs: its Train workers plus the CPUs its data pipeline keeps busy."""
+    data_cpus = 1.0 + 0.5 * cfg.data.filter_actors  # read/decode tasks + text-filter actors (num_cpus=0.5)
+    need = {"CPU": cfg.train.num_workers * cfg.train.cpus_per_worker + data_cpus}
+    if cfg.train.use_gpu:
+        need["GPU"] = float(cfg.train.num_workers)
+    return need
+
+
+def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
+    """sweep.max_concurrent, or as many trials as the cluster's resources hold at once (at least 1).
+
+    Trials started beyond that would each get Train workers but starve their Ray Data pipelines (the 2-core
+    hang of FIELD_NOTES, at cluster scale)."""
+    if cfg.sweep.max_concurrent is not None:
+        return cfg.sweep.max_concurrent
+    fits = [math.floor(cluster.get(k, 0.0) / v) for k, v in trial_resources(cfg).items() if v > 0]
+    return max(1, min(fits))
+
+
+def sweep_fingerprint(cfg: Config, space: Space) -> str:
+    """Hash of what a sweep's trials depend on: the config (less where Ray runs) and the search space."""
+    d = cfg.to_dict()
+    d.pop("ray")
+    d["sweep"].pop("max_concurrent")
+    blob = json.dumps({"config": d, "space": space}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _scheduler(cfg: Config):
+    if cfg.sweep.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(
+            time_attr="training_iteration",  # one iteration per stage-1 epoch, +1 for the stage-2 report
+            max_t=cfg.train.epochs + 1,
+            grace_period=cfg.sweep.asha_grace_epochs,
+            reduction_factor=cfg.sweep.asha_reduction_factor,
+        )
+    return None
+
+
+def _search_alg(cfg: Config, max_concurrent: int):
+    if cfg.sweep.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=cfg.run.seed), max_concurrent=max_concurrent)
+    return None
+
+
+def _trial_dirname(t) -> str:
+    return f"trial-{t.trial_id}"
+
+
+def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Run (or resume) the sweep. Returns {"trials": one record per trial, "sweep": how it ran}."""
+    import ray
+
+    tuned, eval_only = split_space(space)
+    shared = dict(shared, lambda_spec=eval_only.get("finetune.blend_weight"))
     trainable = tune.with_parameters(trial, base=cfg.to_dict(), shared=shared)
     # The trial function only coordinates: its Train workers and Data tasks hold the CPUs.
     trainable = tune.with_resources(trainable, {"cpu": 0.01})
-    tuner = tune.Tuner(
-        trainable,
-        param_space=tune_param_space(space),
-        tune_config=tune.TuneConfig(
-            num_samples=cfg.sweep.num_samples, max_concurrent_trials=cfg.sweep.max_concurrent
-        ),
-        run_config=tune.RunConfig(
-            name=f"{cfg.run.name}-sweep", storage_path=shared["storage_path"], verbose=1
-        ),
-    )
-    grid = tuner.fit()
-    records = []
-    for res in grid:
-        if res.error or res.checkpoint is None:
-            records.append(
-                {"params": res.config, "error": str(res.error)[-2000:] if res.error else "no checkpoint"}
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    storage = shared["storage_path"]
+    storage = os.path.abspath(storage) if "://" not in storage else storage
+    name = f"{cfg.run.name}-sweep"
+    exp_path = f"{storage.rstrip('/')}/{name}"
+    fingerprint = sweep_fingerprint(cfg, space)
+    fp_file = run_dir / FINGERPRINT_FILE
+    restored = tune.Tuner.can_restore(exp_path)
+    if restored:
+        old = json.loads(fp_file.read_text())["fingerprint"] if fp_file.is_file() else fingerprint
+        if old != fingerprint:
+            raise ConfigError(
+                f"run.name: a sweep named {cfg.run.name!r} with a different config or space exists at {exp_path}; "
+                "choose another run.name (or delete that directory) to start a new sweep"
             )
-            continue
-        local = Path(tempfile.mkdtemp(prefix="uniproto-trial-"))
-        with res.checkpoint.as_directory() as d:
-            shutil.copytree(d, local, dirs_exist_ok=True)
-        rec = json.loads((local / TRIAL_FILE).read_text())
-        rec["path"] = str(local)
-        records.append(rec)
-    return records
+        print(f"[uniproto] resuming the sweep at {exp_path} (finished trials are kept)", flush=True)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_param_space(tuned),
+            tune_config=tune.TuneConfig(
+                metric=METRIC if cfg.eval.stage1_val_samples else None,
+                mode="max" if cfg.eval.stage1_val_samples else None,
+                num_samples=cfg.sweep.num_samples,
+                max_concurrent_trials=concurrency,
+                scheduler=_scheduler(cfg),
+                search_alg=_search_alg(cfg, concurrency),
+                trial_dirname_creator=_trial_dirname,
+                trial_name_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1),
+        )
+    fp_file.write_text(json.dumps({"fingerprint": fingerprint, "experiment": exp_path}))
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    return {
+        "trials": [_record(res) for res in grid],
+        "sweep": {
+            "experiment": exp_path,
+            "restored": restored,
+            "wall_s": wall,
+            "max_concurrent": concurrency,
+            "trial_resources": trial_resources(cfg),
+            "search": cfg.sweep.search,
+            "scheduler": cfg.sweep.scheduler,
+            "max_iterations": cfg.train.epochs + 1,
+            "eval_only": {k: list(v) for k, v in eval_only.items()},
+        },
+    }
+
+
+def _record(res) -> dict[str, Any]:
+    """One trial: params, status (completed / stopped by the scheduler / error), times and its metrics."""
+    m = res.metrics or {}
+    rec: dict[str, Any] = {
+        "trial_id": m.get("trial_id") or Path(res.path).name.removeprefix("trial-"),
+        "params": dict(res.config or {}),
+        "iterations": int(m.get("training_iteration", 0)),
+        "time_s": float(m.get("time_total_s", 0.0)),
+        "last_epoch": m.get("epoch", m.get("final_epoch")),
+        METRIC: m.get(METRIC),
+    }
+    if res.error:
+        rec.update(status="error", error=str(res.error)[-2000:])
+        return rec
+    if res.checkpoint is None or "best_lambda" not in m:
+        rec["status"] = "stopped"  # ended by the scheduler before stage 2
+        return rec
+    local = Path(tempfile.mkdtemp(prefix="uniproto-trial-"))
+    with res.checkpoint.as_directory() as d:
+        shutil.copytree(d, local, dirs_exist_ok=True)
+    rec.update(json.loads((local / TRIAL_FILE).read_text()))
+    rec.update(status="completed", path=str(local))
+    return rec
 
 
 def load_branch_logits(trial_dir: str | Path, split: str) -> BranchLogits:

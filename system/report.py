@@ -120,17 +120,15 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Sweep (selection split)",
         "",
-        "| trial params | best lambda | val top-1 | head only (lambda=0) | prototypes only (lambda=1) | stage 1 s | stage 2 s |",
-        "|---|---|---|---|---|---|---|",
+        report.get("sweep_markdown", ""),
     ]
-    for t in report["trials"]:
-        if "error" in t:
-            lines.append(f"| {t['params']} | failed: {t['error'][:80]} | | | | | |")
-            continue
-        lines.append(
-            f"| {t['params']} | {fmt(t['best_lambda'], 2)} | {fmt(t['val_top1'])} | {fmt(t['val_top1_head'])} | "
-            f"{fmt(t['val_top1_proto'])} | {fmt(t['stage1_s'], 0)} | {fmt(t['stage2_s'], 0)} |"
-        )
+    eff = report.get("sweep", {}).get("efficiency")
+    if eff:
+        from system.sweep_report import efficiency_markdown
+
+        lines += ["", efficiency_markdown(eff), "", "![sweep efficiency](sweep_efficiency.png)"]
+    for plot in report.get("sweep", {}).get("plots", []):
+        lines += ["", f"![{plot}]({plot})"]
     lines += ["", "![lambda curves](lambda_curves.png)", "", "## Text filter", ""]
     tf = report.get("text_filter", {})
     if tf.get("quality"):

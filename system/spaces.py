@@ -7,6 +7,10 @@ A space file maps dotted config keys (the same as `--set`) to one distribution:
 
 Kinds: grid, choice (lists); uniform, loguniform, quniform (low, high[, q]); randint (low, high).
 Each sampled value must itself pass the config's type and range checks, so a bad range is refused up front.
+
+`finetune.blend_weight` (lambda) changes only how a trained trial is evaluated, so it is never a Tune
+parameter: every trial evaluates it on its stored val logits (listed values, or the range at
+`finetune.lambda_points` values) at no training cost. See `split_space`.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ import yaml
 from system.config import Config, ConfigError, config_from_dict, is_config_key
 
 KINDS = {"grid", "choice", "uniform", "loguniform", "quniform", "randint"}
+# Keys evaluated on each trial's stored logits instead of trained per value.
+EVAL_ONLY = {"finetune.blend_weight"}
+
+Space = dict[str, tuple[str, list[Any]]]
 
 
-def load_space(path: str | Path, base: Config | None = None) -> dict[str, tuple[str, list[Any]]]:
+def load_space(path: str | Path, base: Config | None = None) -> Space:
     """Parse and validate a space file into {dotted key: (kind, args)}; errors name the file and key."""
     p = Path(path)
     if not p.is_file():
@@ -30,7 +38,7 @@ def load_space(path: str | Path, base: Config | None = None) -> dict[str, tuple[
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{p}: a search space is a non-empty mapping of config keys to distributions")
     base_dict = (base or Config()).to_dict()
-    space: dict[str, tuple[str, list[Any]]] = {}
+    space: Space = {}
     for key, spec in raw.items():
         if not is_config_key(str(key)):
             raise ConfigError(
@@ -56,13 +64,26 @@ def load_space(path: str | Path, base: Config | None = None) -> dict[str, tuple[
                 config_from_dict(base_dict, {key: value})
             except ConfigError as e:
                 raise ConfigError(f"{p}: {key}: value {value!r} refused: {e}") from None
+        if kind == "grid" and (base or Config()).sweep.search == "optuna" and key not in EVAL_ONLY:
+            raise ConfigError(
+                f"{p}: {key}: sweep.search=optuna samples its space and cannot take grid; use choice"
+            )
+        if key in EVAL_ONLY and kind == "randint":
+            raise ConfigError(f"{p}: {key}: a blending weight is a float in [0, 1]; randint makes no sense")
         space[str(key)] = (kind, list(args))
     return space
 
 
-def grid_size(space: dict[str, tuple[str, list[Any]]]) -> int:
+def split_space(space: Space) -> tuple[Space, Space]:
+    """(what Tune trains a trial per sample of, what each trial evaluates on its stored logits)."""
+    tuned = {k: v for k, v in space.items() if k not in EVAL_ONLY}
+    return tuned, {k: v for k, v in space.items() if k in EVAL_ONLY}
+
+
+def grid_size(space: Space) -> int:
+    """Trials per sample of the basic search: the product of the grid sizes (evaluate-only keys cost none)."""
     n = 1
-    for kind, args in space.values():
-        if kind == "grid":
+    for key, (kind, args) in space.items():
+        if kind == "grid" and key not in EVAL_ONLY:
             n *= len(args)
     return n

@@ -8,7 +8,7 @@ from system.cli import main
 def test_usage_lists_commands(capsys):
     assert main([]) == 2
     out = capsys.readouterr().out
-    for cmd in ("make-demo-data", "run", "pretrain", "finetune"):
+    for cmd in ("make-demo-data", "run", "sweep", "pretrain", "finetune"):
         assert cmd in out
     assert main(["--help"]) == 0
 
@@ -34,6 +34,20 @@ def test_config_and_dataset_errors_exit_2(tmp_path, capsys):
         main(["run", "--config", "pipelines/configs/demo.yaml", "--set", f"data.root={tmp_path}/none"]) == 2
     )
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_sweep_refuses_bad_space_and_samples_before_ray(tmp_path, capsys):
+    import ray
+
+    base = ["sweep", "--config", "pipelines/configs/demo.yaml", "--set", f"run.output_dir={tmp_path}"]
+    assert main([*base, "--space", "tune_spaces/nope.yaml"]) == 2
+    assert "search space file not found: tune_spaces/nope.yaml" in capsys.readouterr().err
+    assert main([*base, "--samples", "0"]) == 2
+    assert "sweep.num_samples: must be >= 1" in capsys.readouterr().err
+    # optuna samples its space: a grid is refused, naming the space file and key
+    assert main([*base, "--set", "sweep.search=optuna"]) == 2
+    assert "tune_spaces/demo.yaml: loss.proto_temperature: sweep.search=optuna" in capsys.readouterr().err
+    assert not ray.is_initialized() and not list(tmp_path.iterdir())
 
 
 def test_prototypes_command_etf_and_optimised(tmp_path, capsys):

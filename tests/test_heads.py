@@ -280,3 +280,22 @@ def test_best_lambda_ties_go_to_smaller_lambda():
     assert best == 100.0 and lam == lams[np.argmax(acc == 100.0)]
     lam, _ = best_lambda(h, p, y, lams=[1.0, 0.9, lam, 0.95])
     assert lam == lams[np.argmax(acc == 100.0)]
+
+
+def test_leave_one_out_class_mean_hand_computed():
+    from system.heads import leave_one_out_class_mean_predictions as loo
+
+    # Two classes in 2-d. Without leave-one-out every sample is nearest its own class mean; with it, f2 sees
+    # only f1 (cos 0.8) and class 1's mean direction [0.316, 0.949] (cos 0.822), so it goes to class 1;
+    # f4 likewise goes to class 0.
+    f = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+    y = torch.tensor([0, 0, 1, 1])
+    sums = torch.zeros(2, 2).index_add_(0, y, f)
+    counts = torch.bincount(y, minlength=2)
+    assert loo(f, y, sums, counts).tolist() == [0, 1, 1, 0]
+    # A class whose only sample is the one being scored cannot be predicted for it; an empty class never is.
+    f5 = torch.cat([f, torch.tensor([[0.0, -1.0]])])
+    y5 = torch.tensor([0, 0, 1, 1, 2])
+    sums5 = torch.zeros(4, 2).index_add_(0, y5, f5)
+    pred = loo(f5, y5, sums5, torch.bincount(y5, minlength=4))
+    assert pred[4] != 2 and (pred != 3).all()

@@ -72,9 +72,43 @@ def test_run_end_to_end(tiny_dataset, tmp_path):
     best_val = max(t["val_top1"] for t in on_disk["trials"])
     assert on_disk["selection"]["val_top1"] == best_val
     assert 0.0 <= on_disk["selection"]["lambda"] <= 1.0
-    for name in ("report.md", "per_class_accuracy.png", "lambda_curves.png", "config.yaml"):
+    for name in (
+        "report.md",
+        "per_class_accuracy.png",
+        "lambda_curves.png",
+        "config.yaml",
+        "results.csv",
+        "results.md",
+        "sweep_efficiency.png",
+        "sweep_loss_proto_temperature.png",
+        "best.yaml",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
     assert "| overall | many | medium | few |" in (run_dir / "report.md").read_text()
     assert set(on_disk["stage_seconds"]) >= {"text filter", "prototypes", "sweep", "evaluate", "total"}
-    # Stage-1 metrics made it through Train -> Tune: every trial trained for the planned steps.
+    # Stage-1 metrics made it through Train -> Tune: every trial trained for the planned steps, and the
+    # per-epoch val probe (the sweep metric) was reduced over both workers: all 48 val images counted.
     assert all(t["final_epoch"] == 2 for t in on_disk["trials"])
+    assert all(t["final_val_probe_samples"] == 48 for t in on_disk["trials"])
+    assert all(0.0 <= t["final_val_ncm_top1"] <= 100.0 for t in on_disk["trials"])
+    assert all(t["status"] == "completed" and t["iterations"] == 3 for t in on_disk["trials"])
+    eff = on_disk["sweep"]["efficiency"]
+    assert eff["trials"] == 2 and eff["stopped_early"] == 0 and eff["wall_s"] > 0
+    assert len(open(run_dir / "results.csv").read().splitlines()) == 3
+
+    # best.yaml is the chosen trial as a one-trial config; running it trains that trial again with lambda fixed.
+    try:
+        again = main(["--config", str(run_dir / "best.yaml")])
+    finally:
+        ray.shutdown()
+    assert again["run"] == "e2e-best" and len(again["trials"]) == 1
+    assert again["trials"][0]["params"] == {}  # no sweep: the chosen values are in the config itself
+    assert (
+        again["config"]["loss"]["proto_temperature"]
+        == on_disk["selection"]["params"]["loss.proto_temperature"]
+    )
+    assert again["selection"]["lambda"] == pytest.approx(on_disk["selection"]["lambda"])
+    print(
+        f"chosen on val: sweep {on_disk['selection']['val_top1']:.1f} -> best.yaml {again['selection']['val_top1']:.1f}; "
+        f"test overall {on_disk['overall']:.1f} -> {again['overall']:.1f}"
+    )

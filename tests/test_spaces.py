@@ -40,3 +40,32 @@ def test_bad_spaces_refused(tmp_path, text, message):
     p.write_text(text + "\n")
     with pytest.raises(ConfigError, match=message):
         load_space(p)
+
+
+def test_optuna_refuses_grid_but_not_for_evaluate_only_keys(tmp_path):
+    from system.config import config_from_dict
+
+    optuna = config_from_dict({}, {"sweep.search": "optuna"})
+    p = tmp_path / "s.yaml"
+    p.write_text("loss.proto_temperature: {grid: [0.05, 0.2]}\n")
+    with pytest.raises(ConfigError, match=r"loss\.proto_temperature: sweep\.search=optuna .* use choice"):
+        load_space(p, optuna)
+    p.write_text("loss.proto_temperature: {choice: [0.05, 0.2]}\nfinetune.blend_weight: {grid: [0.2, 0.8]}\n")
+    assert set(load_space(p, optuna)) == {"loss.proto_temperature", "finetune.blend_weight"}
+
+
+def test_blend_weight_is_evaluated_not_trained():
+    from system.spaces import split_space
+
+    space = load_space(ROOT / "tune_spaces" / "proto_blend.yaml")
+    tuned, evaluated = split_space(space)
+    assert tuned == {"loss.proto_temperature": ("grid", [0.05, 0.1, 0.2])}
+    assert evaluated == {"finetune.blend_weight": ("uniform", [0.0, 1.0])}
+    assert grid_size(space) == 3  # lambda adds no trials
+    assert grid_size(load_space(ROOT / "tune_spaces" / "blend_weight.yaml")) == 1
+
+
+def test_pretraining_space_covers_loss_weights_and_lr():
+    space = load_space(ROOT / "tune_spaces" / "pretrain.yaml")
+    assert {"loss.proto_weight", "loss.contrastive_weight", "optim.lr"} <= set(space)
+    assert space["optim.lr"][0] == "loguniform"

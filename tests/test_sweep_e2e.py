@@ -1,0 +1,155 @@
+"""Sweeps on a real local Ray: ASHA stops weak trials (on a stand-in trainable, in seconds), and a real sweep whose
+driver is killed mid-run resumes with the same command, keeping finished trials and stage-1 progress."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stand_in_trial(config):
+    """Reports like a real trial: val_score per epoch, then a final report with a trial.json checkpoint."""
+    import tempfile
+
+    from ray import tune
+
+    q = config["loss.proto_temperature"]
+    for epoch in (1, 2, 3):
+        tune.report({"val_score": q * epoch, "epoch": epoch})
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "trial.json").write_text(
+            json.dumps({"best_lambda": 0.5, "val_top1": q * 4, "params": config})
+        )
+        tune.report(
+            {"val_score": q * 4, "val_top1": q * 4, "best_lambda": 0.5},
+            checkpoint=tune.Checkpoint.from_directory(d),
+        )
+
+
+def test_asha_stops_weak_trials_and_they_are_counted(tmp_path):
+    from ray import tune
+
+    from system import sweep_report as sr
+    from system.config import config_from_dict
+    from system.ray_sweep import METRIC, _record, _scheduler
+
+    cfg = config_from_dict(
+        {}, {"sweep.scheduler": "asha", "train.epochs": 3, "sweep.asha_reduction_factor": 2.0}
+    )
+    # tests/ is not a package workers can import: ship the stand-in trainable by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        tuner = tune.Tuner(
+            _stand_in_trial,
+            # best first: each later trial is worse at the first rung than the ones before it
+            param_space={"loss.proto_temperature": tune.grid_search([4.0, 3.0, 2.0, 1.0])},
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="max", scheduler=_scheduler(cfg), max_concurrent_trials=1
+            ),
+            run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0),
+        )
+        records = [_record(r) for r in tuner.fit()]
+    finally:
+        ray.shutdown()
+    by_q = {r["params"]["loss.proto_temperature"]: r for r in records}
+    assert by_q[4.0]["status"] == "completed" and by_q[4.0]["iterations"] == 4
+    stopped = [q for q, r in by_q.items() if r["status"] == "stopped"]
+    assert stopped and 4.0 not in stopped
+    assert all(by_q[q]["iterations"] < 4 for q in stopped)
+    e = sr.efficiency(records, wall_s=1.0)
+    assert e["stopped_early"] == len(stopped) and e["completed"] == 4 - len(stopped)
+
+
+def _sweep_cmd(root, out):
+    sets = {
+        "data.root": root,
+        "run.output_dir": out,
+        "run.name": "resume",
+        "data.image_size": 32,
+        "train.epochs": 3,
+        "train.micro_batch_size": 16,
+        "finetune.epochs": 5,
+        "ray.no_progress_timeout_s": 120,
+        "sweep.search": "optuna",
+        "sweep.max_concurrent": 1,
+        "eval.stage1_val_samples": 48,
+    }
+    cmd = ["--config", "pipelines/configs/demo.yaml", "--space", "tune_spaces/proto_temperature.yaml"]
+    cmd += ["--samples", "2"]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def _checkpoints(storage: Path) -> dict[str, int]:
+    """Stage-1 Train runs under the sweep's storage and how many checkpoints each has written."""
+    return {
+        d.name: sum(c.is_dir() for c in d.glob("checkpoint_*"))  # not checkpoint_manager_snapshot.json
+        for d in sorted(storage.glob("resume-stage1-*"))
+        if d.is_dir()
+    }
+
+
+@pytest.mark.timeout(1500)
+def test_killed_sweep_resumes(tiny_dataset, tmp_path):
+    from pipelines.sweep import main
+
+    args = _sweep_cmd(tiny_dataset, tmp_path)
+    storage = tmp_path / "resume" / "ray"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.sweep", *args],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # its own process group: the kill takes its local Ray with it
+    )
+    try:
+        # Kill once the first trial has finished and the second has written a stage-1 checkpoint.
+        deadline = time.time() + 900
+        while time.time() < deadline and proc.poll() is None:
+            ckpts = _checkpoints(storage)
+            if len(ckpts) == 2 and min(ckpts.values()) >= 1 and max(ckpts.values()) == 3:
+                break
+            time.sleep(1.0)
+        assert proc.poll() is None, (
+            "the sweep ended before it could be interrupted:\n" + (tmp_path / "first.log").read_text()[-3000:]
+        )
+        before = _checkpoints(storage)
+        assert len(before) == 2, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    first_done = next(n for n, c in before.items() if c == 3).removeprefix("resume-stage1-")
+    second = next(n for n, c in before.items() if c < 3).removeprefix("resume-stage1-")
+
+    try:
+        report = main(args)  # the same command again
+    finally:
+        ray.shutdown()
+    assert report["sweep"]["restored"] is True
+    trials = {t["trial_id"]: t for t in report["trials"]}
+    assert set(trials) == {first_done, second}  # no new trials: the interrupted ones went on
+    assert all(t["status"] == "completed" for t in trials.values())
+    # The finished trial was not run again; the interrupted one resumed stage 1 from its last checkpoint
+    # (steps of at least one epoch kept), rather than from step 0.
+    assert trials[first_done]["final_resumed_from_step"] == 0
+    assert trials[second]["final_resumed_from_step"] >= 7
+    assert _checkpoints(storage)[f"resume-stage1-{first_done}"] == 3
+    run_dir = tmp_path / "resume"
+    for name in ("results.csv", "results.md", "best.yaml", "sweep_efficiency.png", "report.json"):
+        assert (run_dir / name).stat().st_size > 0, name
