@@ -31,8 +31,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "stage_seconds": ctx.timer.seconds,
         "prototypes": ctx.prototype_stats,
     }
+    out["summary"] = stage1_summary(out["metrics"], ctx.timer.seconds["stage 1"])
     (ctx.run_dir / "stage1.json").write_text(json.dumps(out, indent=2))
-    print(f"[uniproto] stage-1 checkpoint: {out['checkpoint']}")
+    print("[uniproto] stage 1 (last epoch):\n" + "\n".join(f"  {k}: {v}" for k, v in out["summary"].items()))
+    print(
+        f"[uniproto] stage-1 checkpoint: {out['checkpoint']} "
+        f"(one fp32 file: uniproto export --checkpoint {ctx.run_dir} --out model.safetensors)"
+    )
+    return out
+
+
+def stage1_summary(m: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The figures people look for first, from the last epoch's report (already reduced over workers)."""
+    out: dict[str, Any] = {"wall_s": round(seconds, 1), "epochs": m.get("epoch"), "steps": m.get("step")}
+    for k in ("samples_per_s", "samples_per_s_per_worker"):
+        if k in m:
+            out[k] = round(m[k], 1)
+    if "data_wait_fraction" in m:
+        out["data_wait_percent"] = round(100 * m["data_wait_fraction"], 1)
+    out |= {k: round(v, 4) for k, v in m.items() if k.endswith("_loss") or k == "loss"}
+    for k in ("lr", "logit_scale", "val_ncm_top1", "val_zs_top1", "resumed_from_step"):
+        if k in m:
+            out[k] = m[k]
     return out
 
 

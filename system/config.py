@@ -8,6 +8,7 @@ instead of on a worker after the cluster has spun up.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -88,7 +89,14 @@ class TrainSection:
     zero_stage: int = knob(0, lo=0, hi=3)
     precision: Literal["fp32", "bf16"] = "fp32"  # fp16 is never used on CPU
     checkpoint_every_epochs: int = knob(1, lo=1)
+    # also checkpoint every N optimizer steps inside an epoch (None: epoch ends only); a lost worker then costs
+    # at most N steps
+    checkpoint_every_steps: int | None = knob(None, lo=1)
+    keep_checkpoints: int | None = knob(2, lo=1)  # newest checkpoints kept in storage (None: all)
     max_failures: int = knob(0, lo=-1)
+    # extra environment for the Train workers (e.g. NCCL_SOCKET_IFNAME); never secrets: those come from the
+    # cluster's own environment or secret store, not from a config that is saved in every run directory
+    worker_env: dict[str, str] = knob({})
 
 
 @dataclass
@@ -293,12 +301,21 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError(
             f"sweep.asha_grace_epochs: must be <= train.epochs ({cfg.train.epochs}), got {cfg.sweep.asha_grace_epochs}"
         )
+    for name in cfg.train.worker_env:
+        if _SECRET_NAME.search(str(name)):
+            raise ConfigError(
+                f"train.worker_env.{name}: looks like a secret; configs are saved in every run directory, so "
+                "pass it through the cluster's environment or secret store instead"
+            )
     from system.text.filter import SCORERS  # local import: the filter module is heavier than the config
 
     if cfg.data.text_scorer not in SCORERS:
         raise ConfigError(
             f"data.text_scorer: unknown scorer {cfg.data.text_scorer!r} (known: {sorted(SCORERS)})"
         )
+
+
+_SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE_KEY)", re.I)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

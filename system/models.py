@@ -97,7 +97,12 @@ def embed_dim(model: nn.Module) -> int:
 
 
 def load_state(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights written by the pretraining stage (weights_only: never unpickle arbitrary objects)."""
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    """Load weights written by the pretraining stage or `uniproto export` (never unpickles objects)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -19,6 +20,22 @@ def init_ray(cfg: Config) -> str:
         return f"connected to {address}"
     os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", str(cfg.ray.no_progress_timeout_s))
     # The dashboard (bound to 127.0.0.1) also serves the State API that Train's placement-group cleaner polls;
-    # without it the cleaner logs a warning every second.
-    ray.init(num_cpus=cfg.ray.num_cpus, dashboard_host="127.0.0.1", log_to_driver=True)
-    return f"local Ray with {cfg.ray.num_cpus} logical CPUs"
+    # without it the cleaner logs a warning every second. The cleaner finds the API by auto-detection, which
+    # fails when another Ray runs on the machine ("Found multiple active Ray instances"): its thread dies and
+    # the placement groups of trials that ASHA stops are never freed, so the next trial waits forever. So the
+    # dashboard gets a port chosen here, and every worker of this job is told where it is.
+    port = _free_port()
+    ray.init(
+        num_cpus=cfg.ray.num_cpus,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+    )
+    return f"local Ray with {cfg.ray.num_cpus} logical CPUs (dashboard http://127.0.0.1:{port})"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -18,16 +18,17 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.ds_config import deepspeed_config, warmup_cosine
 from system.heads import leave_one_out_class_mean_predictions
-from system.losses import Stage1Loss, total_loss
+from system.losses import Stage1Loss, gather_features, total_loss
 from system.models import create_clip, preprocess_for
 from system.ray_data import configure_data_context, train_dataset, val_probe
+from system.ray_monitor import TrainMonitor
 
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -94,6 +95,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     device = engine.device
     loss_fn.to(device)
+    teacher = _frozen_teacher(cfg, device) if cfg.loss.distill_weight > 0 else None
 
     probe = StageOneProbe.build(loop_config, cfg.model.arch, preprocess, device, rank, world)
     step = 0
@@ -105,6 +107,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step = meta["step"]
         if rank == 0:
             print(f"[stage1] resumed after epoch {meta['epoch']} (step {step})", flush=True)
+    micro = step * cfg.train.grad_accum  # micro-batches consumed; `step` counts optimizer steps
 
     meter = EpochMeter(resumed_from_step=step)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -126,14 +129,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         images = preprocess(batch["image"])  # [b, 3, S, S]
         out = engine(images, batch["text"])
         logit_scale = out["logit_scale"].clamp(max=100.0)  # [1]
-        terms = loss_fn(out["image_features"], out["text_features"], batch["label"], logit_scale)
+        t_logits = teacher_logits(teacher, images, batch["text"], cfg.loss.local_loss) if teacher else None
+        terms = loss_fn(out["image_features"], out["text_features"], batch["label"], logit_scale, t_logits)
         loss = total_loss(terms)
         engine.backward(loss)
-        engine.step()
+        engine.step()  # DeepSpeed steps the optimizer only at accumulation boundaries
         meter.add(terms, loss, batch["label"].shape[0])
+        micro += 1
+        if micro % cfg.train.grad_accum:
+            t_wait = time.perf_counter()
+            continue
         step += 1
         if step % steps_per_epoch == 0:
             _end_epoch(engine, cfg, meter, probe, step // steps_per_epoch, step, world, rank)
+        elif cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
+            # Mid-epoch checkpoint: Tune does not see it (EpochReports forwards epoch ends only).
+            _save_and_report(
+                engine, cfg, {"kind": "checkpoint", "epoch": step / steps_per_epoch, "step": step}, rank
+            )
         t_wait = time.perf_counter()
     if step % steps_per_epoch and step < total_steps:
         # Stochastic resampling made the stream a little short: close the last epoch where it ended.
@@ -281,26 +294,58 @@ def _end_epoch(
             f"{metrics['samples_per_s']:.0f} samples/s, data-wait {100 * metrics['data_wait_fraction']:.0f}%",
             flush=True,
         )
+    metrics["kind"] = "epoch"
     if epoch == cfg.train.epochs or epoch % cfg.train.checkpoint_every_epochs == 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            engine.save_checkpoint(tmp, tag=f"epoch{epoch}")
-            engine.save_16bit_model(tmp, MODEL_FILE)  # consolidated weights (rank 0 writes)
-            if rank == 0:
-                meta = {
-                    "epoch": epoch,
-                    "step": step,
-                    "arch": cfg.model.arch,
-                    "image_size": cfg.data.image_size,
-                }
-                (Path(tmp) / META_FILE).write_text(json.dumps(meta))
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        _save_and_report(engine, cfg, metrics, rank)
     else:
         ray.train.report(metrics)
     meter.reset()
 
 
+def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int) -> None:
+    """ZeRO checkpoint: every rank saves its files, then every rank reports (FIELD_NOTES); Ray merges them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=f"step{metrics['step']}")
+        engine.save_16bit_model(tmp, MODEL_FILE)  # consolidated weights (rank 0 writes)
+        if rank == 0:
+            meta = {
+                "epoch": metrics["epoch"],
+                "step": metrics["step"],
+                "arch": cfg.model.arch,
+                "image_size": cfg.data.image_size,
+                "precision": cfg.train.precision,
+            }
+            (Path(tmp) / META_FILE).write_text(json.dumps(meta))
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _frozen_teacher(cfg: Config, device) -> torch.nn.Module:
+    """The pretrained model, frozen: the distillation target (METHOD.md, beta)."""
+    teacher = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def teacher_logits(
+    teacher: torch.nn.Module, images: torch.Tensor, text: torch.Tensor, local_loss: bool
+) -> torch.Tensor:
+    """The teacher's image-text logits with the rows/columns the student's loss uses: [b or B, B]."""
+    out = teacher(images, text)
+    img = out["image_features"]  # [b, d]
+    txt_all = gather_features(out["text_features"], with_grad=False)  # [B, d]
+    rows = img if local_loss else gather_features(img, with_grad=False)  # [b or B, d]
+    return out["logit_scale"].clamp(max=100.0) * rows @ txt_all.T
+
+
 def _unwrap(engine) -> torch.nn.Module:
     return getattr(engine, "module", engine)
+
+
+def tensorboard_dir(storage: str, name: str) -> str:
+    """TensorBoard events of a Train run live beside its checkpoints, on the (shared) storage."""
+    return f"{storage.rstrip('/')}/{name}/tensorboard"
 
 
 def build_trainer(
@@ -315,7 +360,11 @@ def build_trainer(
     class_names: list[str] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for stage 1. Running it again with the same name and storage resumes (Train V2)."""
-    env = {"DS_ACCELERATOR": "cpu"} if not cfg.train.use_gpu else {}
+    # Workers inherit the driver's environment only on a local Ray (FIELD_NOTES): pass what they need.
+    env = {k: str(v) for k, v in cfg.train.worker_env.items()}
+    if not cfg.train.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # the process-group backend follows use_gpu: gloo on CPU, NCCL on GPU
+    storage = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -334,9 +383,13 @@ def build_trainer(
         datasets={"train": train_dataset},
         run_config=RunConfig(
             name=name,
-            storage_path=os.path.abspath(storage_path) if "://" not in storage_path else storage_path,
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=callbacks or [],
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=[
+                TrainMonitor(name, cfg.train.epochs, tensorboard_dir(storage, name)),
+                *(callbacks or []),
+            ],
             worker_runtime_env={"env_vars": env} if env else None,
         ),
     )

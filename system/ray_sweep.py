@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from system.config import Config, ConfigError, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.finetune import BranchLogits, branch_logits, fit_stage2, lambda_candidates, select_lambda
 from system.ray_data import configure_data_context, extract_features
+from system.ray_monitor import EpochReports
 from system.ray_pretrain import MODEL_FILE, run_stage1
 from system.spaces import Space, split_space
 
@@ -77,9 +77,7 @@ def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) 
     trial_id = tune.get_context().get_trial_id()
     t0 = time.perf_counter()
     # The Train run's name comes from the trial id, so a restored trial resumes its own stage-1 checkpoints.
-    result = run_stage1(
-        cfg, shared, name=f"{cfg.run.name}-stage1-{trial_id}", callbacks=[TuneReportCallback()]
-    )
+    result = run_stage1(cfg, shared, name=f"{cfg.run.name}-stage1-{trial_id}", callbacks=[EpochReports()])
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         with result.checkpoint.as_directory() as ckpt:

@@ -68,6 +68,8 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
         "lambda",
         "head only",
         "prototypes only",
+        "samples/s",
+        "data-wait %",
         "time s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -95,6 +97,8 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
                     fmt(r.get("best_lambda"), 2),
                     fmt(r.get("val_top1_head")),
                     fmt(r.get("val_top1_proto")),
+                    fmt(r.get("final_samples_per_s"), 0),
+                    _percent(r.get("final_data_wait_fraction")),
                     fmt(r.get("time_s"), 0),
                 ]
             )
@@ -106,6 +110,10 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
 def param_label(params: dict[str, Any]) -> str:
     """'proto_temperature=0.05, lr=0.002': the last part of each dotted key with its value."""
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in params.items())
+
+
+def _percent(v: float | None) -> str:
+    return "" if v is None else fmt(100 * v)
 
 
 def _short(v: Any) -> str:

@@ -101,3 +101,11 @@ def test_is_config_key():
     assert not is_config_key("loss")
     assert not is_config_key("loss.nope")
     assert not is_config_key("loss.proto_temperature.x")
+
+
+def test_worker_env_from_set_and_secret_names_refused():
+    cfg = load_config(None, ["train.worker_env.NCCL_SOCKET_IFNAME=eth0", "train.worker_env.OMP_NUM_THREADS=2"])
+    assert cfg.train.worker_env == {"NCCL_SOCKET_IFNAME": "eth0", "OMP_NUM_THREADS": 2}
+    for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "WANDB_API_KEY"):
+        with pytest.raises(ConfigError, match=rf"train\.worker_env\.{name}: looks like a secret"):
+            load_config(None, [f"train.worker_env.{name}=x"])

@@ -1,0 +1,101 @@
+"""`uniproto export` and the model factory's local-file paths, on checkpoints the tests write."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from system.cli import main
+from system.models import create_clip, load_state
+
+ARCH = "uniproto-tiny-rn"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A stage-1 checkpoint as the train loop writes it: model.pt (bf16 here, as on GPU) + meta.json."""
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    model = create_clip(ARCH, None, 32)
+    state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save(state, d / "model.pt")
+    (d / "meta.json").write_text(json.dumps({"epoch": 3, "step": 21, "arch": ARCH, "image_size": 32}))
+    return d, state
+
+
+def test_export_writes_fp32_safetensors_that_load_everywhere(checkpoint, tmp_path, capsys):
+    d, state = checkpoint
+    out = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", str(d), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["out"] == str(out) and summary["tensors"] == len(state)
+    assert summary["metadata"]["arch"] == ARCH and summary["metadata"]["step"] == "21"
+    tensors = load_file(str(out))
+    assert set(tensors) == set(state)
+    for k, v in state.items():
+        if v.is_floating_point():
+            assert tensors[k].dtype == torch.float32
+            assert torch.equal(tensors[k], v.float())  # bf16 -> fp32 is exact
+    # ... through our loader and through open_clip's (model.pretrained, the teacher's path): same weights
+    ours = load_state(create_clip(ARCH, None, 32), out)
+    theirs = create_clip(ARCH, str(out), 32)
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert torch.equal(ours.state_dict()["logit_scale"], state["logit_scale"].float())
+    assert ours.state_dict()["logit_scale"].shape == (1,)  # scalars stay 1-element (DeepSpeed)
+
+
+def test_export_from_run_dir_and_refusals(checkpoint, tmp_path, capsys):
+    d, _ = checkpoint
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stage1.json").write_text(json.dumps({"checkpoint": str(d)}))
+    out = tmp_path / "a.safetensors"
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(run), "--out", str(out)]) == 2
+    assert f"--out {out} exists" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(run), "--out", str(out), "--overwrite"]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "neither a checkpoint directory" in capsys.readouterr().err
+
+
+def test_pretrained_from_a_local_torch_file_and_missing_file(tmp_path):
+    torch.manual_seed(1)
+    src = create_clip(ARCH, None, 32)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    loaded = create_clip(ARCH, str(tmp_path / "w.pt"), 32)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(src.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    with pytest.raises(FileNotFoundError, match="model.pretrained: checkpoint file not found"):
+        create_clip(ARCH, str(tmp_path / "missing" / "w.pt"), 32)
+
+
+def test_frozen_teacher_and_its_logits(tmp_path):
+    from system.config import config_from_dict
+    from system.ray_pretrain import _frozen_teacher, teacher_logits
+
+    torch.manual_seed(2)
+    torch.save(create_clip(ARCH, None, 32).state_dict(), tmp_path / "t.pt")
+    cfg = config_from_dict(
+        {},
+        {
+            "model.arch": ARCH,
+            "model.pretrained": str(tmp_path / "t.pt"),
+            "loss.distill_weight": 0.5,
+            "data.image_size": 32,
+        },
+    )
+    teacher = _frozen_teacher(cfg, "cpu")
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    images = torch.randn(3, 3, 32, 32)
+    from system.models import tokenizer_for
+
+    text = tokenizer_for(ARCH)(["a red circle", "a blue square", "a green star"])
+    z = teacher_logits(teacher, images, text, local_loss=False)  # one process: [b, b]
+    out = teacher(images, text)
+    expected = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+    assert z.shape == (3, 3) and torch.allclose(z, expected) and not z.requires_grad
