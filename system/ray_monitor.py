@@ -2,7 +2,8 @@
 and the filter that lets Tune see epoch-end reports only.
 
 Train V2 runs `UserCallback`s in its controller actor. `ray.experimental.tqdm_ray` bars created there are drawn
-by the driver (positions managed centrally), so concurrent sweep trials each get their own line.
+by the driver. Sweeps turn the bar off: Tune's trial table is their progress display, and the bar of a trial
+that ASHA stops would stay on screen (its controller is killed before it can close it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ _BAR_KEYS = (("loss", "loss {:.3f}"), ("val_ncm_top1", "val {:.1f}%"), ("samples
 class TrainMonitor(UserCallback):
     """Progress bar (epochs) plus TensorBoard scalars of every numeric metric, keyed by optimizer step."""
 
-    def __init__(self, name: str, epochs: int, tensorboard_dir: str | None) -> None:
-        self.name, self.epochs, self.tensorboard_dir = name, epochs, tensorboard_dir
+    def __init__(self, name: str, epochs: int, tensorboard_dir: str | None, bar: bool = True) -> None:
+        self.name, self.epochs, self.tensorboard_dir, self.bar = name, epochs, tensorboard_dir, bar
         self._bar = None
         self._writer = None
         self._tb_failed = False
@@ -31,7 +32,7 @@ class TrainMonitor(UserCallback):
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
         m = metrics[0]  # rank 0's report; the train loop has already reduced it over ranks
         self._write_scalars(m)
-        if m.get("kind") != "epoch":
+        if m.get("kind") != "epoch" or not self.bar:
             return
         bar = self._progress()
         epoch = int(m.get("epoch", 0))

@@ -20,6 +20,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
@@ -365,6 +366,7 @@ def build_trainer(
     if not cfg.train.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # the process-group backend follows use_gpu: gloo on CPU, NCCL on GPU
     storage = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
+    in_tune = any(isinstance(c, TuneReportCallback) for c in callbacks or [])  # Tune shows trial progress
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -387,7 +389,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=[
-                TrainMonitor(name, cfg.train.epochs, tensorboard_dir(storage, name)),
+                TrainMonitor(name, cfg.train.epochs, tensorboard_dir(storage, name), bar=not in_tune),
                 *(callbacks or []),
             ],
             worker_runtime_env={"env_vars": env} if env else None,

@@ -181,7 +181,7 @@ def plot_metric_vs_params(run_dir: Path, records: list[dict[str, Any]], space: d
         fig, ax = plt.subplots(figsize=(6, 4))
         for status, marker, label in (
             ("completed", "o", "completed: val top-1 (chosen lambda)"),
-            ("stopped", "x", "stopped early: last val zero-shot probe"),
+            ("stopped", "x", "stopped early: last val class-mean probe"),
         ):
             pts = [
                 (r["params"][key], r.get("val_top1") if status == "completed" else r.get("val_score"))
@@ -217,7 +217,7 @@ def plot_efficiency(path: Path, e: dict[str, Any]) -> None:
     labels = ["sweep wall time", "sum of trial times"]
     values = [e["wall_s"], e["trial_time_sum_s"]]
     if e["saved_trial_s"] is not None:
-        labels.append("+ time saved by early stops")
+        labels.append("trial time without early stops (est.)")
         values.append(e["trial_time_sum_s"] + e["saved_trial_s"])
     fig, ax = plt.subplots(figsize=(6.5, 2.6))
     ax.barh(labels[::-1], values[::-1], color=["tab:gray", "tab:blue", "tab:green"][: len(values)][::-1])

@@ -171,3 +171,20 @@ def test_sweep_config_rules():
     with pytest.raises(ConfigError, match=r"finetune\.blend_weight: must be <= 1"):
         _cfg(**{"finetune.blend_weight": 1.5})
     assert math.isclose(_cfg(**{"finetune.blend_weight": 1}).finetune.blend_weight, 1.0)
+
+
+def test_optuna_search_is_seeded():
+    from system.ray_sweep import METRIC, _search_alg, tune_param_space
+
+    space = tune_param_space(
+        {"loss.proto_temperature": ("loguniform", [0.02, 0.5]), "optim.lr": ("uniform", [1e-4, 1e-2])}
+    )
+
+    def first_suggestions(seed):
+        alg = _search_alg(_cfg(**{"sweep.search": "optuna", "run.seed": seed}), max_concurrent=4)
+        assert alg.set_search_properties(METRIC, "max", space)
+        return [alg.suggest(f"t{i}") for i in range(3)]
+
+    a, b, c = first_suggestions(0), first_suggestions(0), first_suggestions(1)
+    assert a == b and a != c
+    assert all(0.02 <= s["loss.proto_temperature"] <= 0.5 for s in a)
