@@ -11,6 +11,7 @@ sweep_<param>.png, lambda_curves.png, sweep_efficiency.png, best.yaml and the te
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,15 @@ from typing import Any
 
 from pipelines.common import RunContext, parse_args, prepare_run
 from system.finetune import shot_accuracy_at
-from system.report import accuracy_table, plot_lambda_curves, plot_per_class, write_report
+from system.report import (
+    accuracy_table,
+    fmt,
+    plot_geometry,
+    plot_lambda_curves,
+    plot_per_class,
+    plot_positive_bias,
+    write_report,
+)
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -43,12 +52,20 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
 
     from system import sweep_report as sr
     from system.ray_cluster import init_ray
-    from system.ray_sweep import load_branch_logits, run_sweep
+    from system.ray_sweep import geometry_before, load_branch_logits, run_sweep
 
     cfg, manifest, space, timer, run_dir = ctx.cfg, ctx.manifest, ctx.space, ctx.timer, ctx.run_dir
     with timer("ray"):
         print(f"[uniproto] {init_ray(cfg)}", flush=True)
     shared = ctx.shared()
+    with timer("geometry before stage 1"):
+        before = geometry_before(cfg, shared)
+        g = before["summary"]
+        print(
+            f"[uniproto] class centroids before stage 1: head-tail distance {fmt(g['head_tail'], 3)}, "
+            f"tail-tail {fmt(g['tail_tail'], 3)}",
+            flush=True,
+        )
     with timer("sweep"):
         print(
             f"[uniproto] sweep over {list(space) or 'no parameters'} ({cfg.sweep.search} search, "
@@ -91,6 +108,25 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
                 (f"{t['trial_id']} {sr.param_label(t['params'])}", z["lambda_grid"], z["lambda_curve"])
             )
         plot_lambda_curves(run_dir / "lambda_curves.png", curves, (lam, best["val_top1"]))
+        z = np.load(Path(best["path"]) / "logits.npz")
+        plot_geometry(
+            run_dir / "feature_geometry.png",
+            counts,
+            before["nearest"],
+            z["nearest_centroid"],
+            thr,
+            f"class centroids, nearest neighbour: tail-tail / head-tail "
+            f"{fmt(before['summary']['tail_over_head_tail'], 2)} before -> "
+            f"{fmt(best['geometry_after']['tail_over_head_tail'], 2)} after stage 1",
+        )
+        weight_norm = z["weight_norm"] if "weight_norm" in z else None
+        plot_positive_bias(run_dir / "positive_bias.png", counts, weight_norm, z["mean_logit"], thr)
+        bias = {
+            "weight_norm_vs_count_spearman": _spearman(weight_norm, counts),
+            "mean_logit_vs_count_spearman": _spearman(z["mean_logit"], counts),
+            "weight_norm": weight_norm,
+            "mean_logit": z["mean_logit"],
+        }
         sr.write_results_csv(run_dir / "results.csv", trials)
         eff = sr.efficiency(trials, info["wall_s"])
         sr.plot_efficiency(run_dir / "sweep_efficiency.png", eff)
@@ -125,6 +161,8 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
         "trials": [{k: v for k, v in t.items() if k != "path"} for t in trials],
         "sweep": info | {"efficiency": eff, "plots": plots},
         "sweep_markdown": sweep_md,
+        "feature_geometry": {"before": before["summary"], "after": best["geometry_after"]},
+        "positive_bias": bias,
         "text_filter": {k: v for k, v in ctx.text_report.items() if k != "per_class"},
         "text_filter_per_class": ctx.text_report["per_class"],
         "prototypes": ctx.prototype_stats,
@@ -142,9 +180,20 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
     print(accuracy_table(report["results"]))
     print(
         f"[uniproto] report: {run_dir / 'report.md'} (+ report.json, results.csv/.md, best.yaml, "
-        f"per_class_accuracy.png, lambda_curves.png, sweep_efficiency.png{''.join(', ' + p for p in plots)})"
+        f"per_class_accuracy.png, lambda_curves.png, feature_geometry.png, positive_bias.png, "
+        f"sweep_efficiency.png{''.join(', ' + p for p in plots)})"
     )
     return report
+
+
+def _spearman(values, counts) -> float | None:
+    """Rank correlation with the train counts (1: the larger the class, the larger the value)."""
+    if values is None or len(set(counts)) < 2:
+        return None
+    from scipy.stats import spearmanr
+
+    r = float(spearmanr(values, counts).statistic)
+    return None if math.isnan(r) else r
 
 
 if __name__ == "__main__":

@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from ray import tune
 
 from system.config import Config, ConfigError, config_from_dict
 from system.data.dataset_dir import Manifest
+from system.diagnostics import centroid_geometry, geometry_summary
 from system.finetune import BranchLogits, branch_logits, fit_stage2, lambda_candidates, select_lambda
+from system.heads import positive_bias
 from system.ray_data import configure_data_context, extract_features
 from system.ray_monitor import EpochReports
 from system.ray_pretrain import MODEL_FILE, run_stage1
@@ -52,6 +55,11 @@ def run_stage2(
     logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale) for s in (sel, rep)}
     candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, lambda_spec)
     lam, acc, grid, curve = select_lambda(logits[sel], cfg.finetune.lambda_points, candidates)
+    # Diagnostics: class-centroid geometry of the stage-1 features, and the head's positive bias.
+    geometry = centroid_geometry(
+        *feats["train"], manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
+    )
+    bias = positive_bias(head, torch.from_numpy(feats["train"][0]), manifest.num_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out_dir / LOGITS_FILE,
@@ -62,13 +70,33 @@ def run_stage2(
         },
         lambda_grid=grid,
         lambda_curve=curve,
+        nearest_centroid=geometry["nearest"],
+        mean_logit=bias["mean_logit"],
+        **({"weight_norm": bias["weight_norm"]} if bias["weight_norm"] is not None else {}),
     )
     return {
         "best_lambda": lam,
         "val_top1": acc,
         "val_top1_head": float(curve[0]),
         "val_top1_proto": float(curve[-1]),
+        "geometry_after": geometry_summary(geometry),
     }
+
+
+def geometry_before(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
+    """Class-centroid geometry of the train split under the model stage 1 starts from (same seed, same
+    initial or pretrained weights), for the before/after comparison."""
+    from system.models import create_clip
+
+    configure_data_context(cfg)
+    manifest: Manifest = shared["manifest"]
+    torch.manual_seed(cfg.run.seed)  # the train loop seeds the same way before building the model
+    model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), Path(tmp) / MODEL_FILE)
+        feats = extract_features(cfg, manifest, shared["paths"]["train"], str(Path(tmp) / MODEL_FILE))
+    g = centroid_geometry(*feats, manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
+    return {"summary": geometry_summary(g), "nearest": g["nearest"]}
 
 
 def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) -> None:

@@ -129,7 +129,39 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", efficiency_markdown(eff), "", "![sweep efficiency](sweep_efficiency.png)"]
     for plot in report.get("sweep", {}).get("plots", []):
         lines += ["", f"![{plot}]({plot})"]
-    lines += ["", "![lambda curves](lambda_curves.png)", "", "## Text filter", ""]
+    lines += ["", "![lambda curves](lambda_curves.png)"]
+    geo = report.get("feature_geometry")
+    if geo:
+        lines += [
+            "",
+            "## Feature space (train split, chosen trial)",
+            "",
+            "Mean cosine distance between class centroids, by shot group of the pair (tail = few-shot, "
+            "head = many-shot); tail-tail / head-tail below 1 means the tail classes are crowded together.",
+            "",
+            "| | head-head | head-tail | tail-tail | tail-tail / head-tail | max centroid cos |",
+            "|---|---|---|---|---|---|",
+        ]
+        for when in ("before", "after"):
+            g = geo[when]
+            lines.append(
+                f"| {when} stage 1 | {fmt(g['head_head'], 3)} | {fmt(g['head_tail'], 3)} | "
+                f"{fmt(g['tail_tail'], 3)} | {fmt(g['tail_over_head_tail'], 2)} | {fmt(g['centroid_max_cos'], 3)} |"
+            )
+        lines += ["", "![feature geometry](feature_geometry.png)"]
+    pb = report.get("positive_bias")
+    if pb:
+        lines += [
+            "",
+            "## Positive bias of the learnable head",
+            "",
+            f"Spearman rank correlation with the class's train count: weight norm "
+            f"{fmt(pb.get('weight_norm_vs_count_spearman'), 2)}, mean logit "
+            f"{fmt(pb.get('mean_logit_vs_count_spearman'), 2)} (1: the head favours frequent classes).",
+            "",
+            "![positive bias](positive_bias.png)",
+        ]
+    lines += ["", "## Text filter", ""]
     tf = report.get("text_filter", {})
     if tf.get("quality"):
         q = tf["quality"]
@@ -141,3 +173,76 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Time by stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in report["stage_seconds"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _group_colours(n: np.ndarray, thresholds: tuple[int, int]) -> np.ndarray:
+    many, few = thresholds
+    return np.where(n > many, "tab:blue", np.where(n < few, "tab:red", "tab:orange"))
+
+
+def plot_geometry(
+    path: Path,
+    train_counts: list[int],
+    nearest_before: np.ndarray,
+    nearest_after: np.ndarray,
+    thresholds: tuple[int, int],
+    title: str,
+) -> None:
+    """Each class's cosine distance to its nearest other class centroid against its train count, before and
+    after stage 1: a crowded tail shows as small distances on the left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = np.asarray(train_counts, dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.scatter(n, nearest_before, facecolors="none", edgecolors="grey", s=28, label="before stage 1")
+    ax.scatter(
+        n,
+        nearest_after,
+        c=_group_colours(n, thresholds),
+        s=28,
+        edgecolors="k",
+        linewidths=0.4,
+        label="after stage 1 (colour: shot group)",
+    )
+    for x in thresholds:
+        ax.axvline(x, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel("cosine distance to the nearest other class centroid")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_positive_bias(
+    path: Path,
+    train_counts: list[int],
+    weight_norm: np.ndarray | None,
+    mean_logit: np.ndarray,
+    thresholds: tuple[int, int],
+) -> None:
+    """The learnable head's per-class weight norm and mean logit against train count (positive bias)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = np.asarray(train_counts, dtype=float)
+    panels = [("mean logit over the train split", mean_logit)]
+    if weight_norm is not None:
+        panels.insert(0, ("weight norm of the class's row", weight_norm))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, (label, values) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.scatter(n, values, c=_group_colours(n, thresholds), s=28, edgecolors="k", linewidths=0.4)
+        ax.set_xscale("log")
+        ax.set_xlabel("training images of the class (log scale)")
+        ax.set_ylabel(label)
+    fig.suptitle("learnable head: positive bias toward frequent classes", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -82,6 +82,8 @@ def test_run_end_to_end(tiny_dataset, tmp_path):
         "sweep_efficiency.png",
         "sweep_loss_proto_temperature.png",
         "best.yaml",
+        "feature_geometry.png",
+        "positive_bias.png",
     ):
         assert (run_dir / name).stat().st_size > 0, name
     assert "| overall | many | medium | few |" in (run_dir / "report.md").read_text()
@@ -95,6 +97,13 @@ def test_run_end_to_end(tiny_dataset, tmp_path):
     eff = on_disk["sweep"]["efficiency"]
     assert eff["trials"] == 2 and eff["stopped_early"] == 0 and eff["wall_s"] > 0
     assert len(open(run_dir / "results.csv").read().splitlines()) == 3
+    # Diagnostics: centroid distances before and after stage 1, the head's bias, all in the report.
+    for when in ("before", "after"):
+        g = on_disk["feature_geometry"][when]
+        assert 0.0 <= g["tail_tail"] <= 2.0 and 0.0 <= g["head_tail"] <= 2.0
+    assert len(on_disk["positive_bias"]["mean_logit"]) == 6
+    assert -1.0 <= on_disk["positive_bias"]["mean_logit_vs_count_spearman"] <= 1.0
+    assert "## Feature space" in (run_dir / "report.md").read_text()
 
     # best.yaml is the chosen trial as a one-trial config; running it trains that trial again with lambda fixed.
     try:
