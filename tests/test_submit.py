@@ -1,0 +1,277 @@
+"""`uniproto submit` without a cluster: what it refuses (naming the key) before anything leaves this machine, the
+paths it rewrites or refuses for local and remote clusters, its id / hash / metadata, how it finds the Ray token,
+and the security rules the code base keeps (no secrets in jobs, weights-only checkpoint loading, the dashboard on
+loopback). The submission itself against a real Ray head is tests/test_submit_ray_head.py."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from system.config import ConfigError, load_config
+from system.submit import (
+    SubmitError,
+    assert_no_secrets,
+    available_stages,
+    cluster_path_overrides,
+    git_info,
+    is_loopback,
+    load_runtime_env_file,
+    main,
+    plan_job,
+    resolve_address,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = "pipelines/configs/demo.yaml"
+EXCLUDES = ["/runs/", "/.venv/", "/.git/"]
+
+
+def test_submit_is_a_uniproto_command():
+    tree = ast.parse((REPO / "system" / "cli.py").read_text())
+    registry = next(
+        n.value
+        for n in tree.body
+        if isinstance(n, ast.AnnAssign) and getattr(n.target, "id", "") == "COMMANDS" and n.value is not None
+    )
+    assert "submit" in [k.value for k in registry.keys]
+
+
+def test_stages_are_the_pipeline_modules_with_main():
+    stages = available_stages(REPO)
+    assert {"run", "pretrain", "finetune"} <= set(stages) and "common" not in stages
+
+
+def test_address_resolution(monkeypatch):
+    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    assert resolve_address(None) == "http://127.0.0.1:8265"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:8265")
+    assert resolve_address(None) == "http://10.0.0.7:8265"
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "https://head.internal:8443/")
+    assert resolve_address(None) == "https://head.internal:8443"
+    assert resolve_address("http://127.0.0.1:9999") == "http://127.0.0.1:9999"  # --address wins
+    with pytest.raises(SubmitError, match="Ray Client address"):
+        resolve_address("ray://head:10001")
+    assert is_loopback("http://localhost:8265") and is_loopback("http://127.0.0.1:1")
+    assert not is_loopback("http://10.0.0.7:8265")
+
+
+def _plan(sets, local=True, **kw):
+    return plan_job("run", DEMO, list(sets), workdir=REPO, local=local, cwd=REPO, **kw)
+
+
+def test_id_hash_and_metadata(tiny_dataset):
+    sets = [f"data.root={tiny_dataset}", "run.name=exp1", "sweep.space=null"]
+    a, cfg = _plan(sets)
+    b, _ = _plan(sets)
+    assert a.submission_id == b.submission_id and a.config_hash == b.config_hash
+    assert re.fullmatch(r"uniproto-run-exp1-[0-9a-f]{10}", a.submission_id)
+    assert a.submission_id.endswith(a.config_hash[:10]) and len(a.config_hash) == 64
+    c, _ = _plan(sets + ["train.epochs=3"])
+    assert c.config_hash != a.config_hash  # any value change is a different job
+    assert set(a.metadata) == {
+        "uniproto_stage",
+        "uniproto_run_name",
+        "uniproto_config",
+        "uniproto_config_hash",
+        "uniproto_git_commit",
+        "uniproto_git_dirty",
+    }
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert a.metadata["uniproto_git_commit"] == (commit.stdout.strip() or "unknown")
+    assert a.metadata["uniproto_config_hash"] == a.config_hash and a.metadata["uniproto_run_name"] == "exp1"
+    assert git_info(Path("/")) == {"git_commit": "unknown", "git_dirty": "unknown"}
+    # The entrypoint is the module form `ray job submit` uses, every override quoted, with the config path as it
+    # lies in the uploaded working dir; the runtime_env uploads the repo minus the excludes.
+    assert a.entrypoint.startswith(f"python -m pipelines.run --config {DEMO} --set ")
+    assert f"data.root={tiny_dataset}" in a.entrypoint
+    assert a.runtime_env["working_dir"] == str(REPO) and "/runs/" in a.runtime_env["excludes"]
+    assert "pip" not in a.runtime_env  # a local cluster runs from this venv
+    remote, _ = _plan(
+        sets + ["run.output_dir=/mnt/shared/runs", "ray.storage_path=s3://bucket/uniproto"], local=False
+    )
+    assert remote.runtime_env["pip"]["packages"]  # a remote cluster gets the pinned stack
+
+
+def test_local_cluster_paths_become_absolute(tiny_dataset):
+    sets = ["data.root=data", "ray.storage_path=store", "model.pretrained=ckpt/model.pt"]
+    cfg = load_config(REPO / DEMO, sets + [f"sweep.space={REPO / 'tune_spaces' / 'demo.yaml'}"])
+    ckpt = tiny_dataset.parent / "ckpt" / "model.pt"
+    ckpt.parent.mkdir(exist_ok=True)
+    ckpt.write_bytes(b"")
+    out = cluster_path_overrides(cfg, local=True, workdir=REPO, cwd=tiny_dataset.parent, excludes=EXCLUDES)
+    assert out["data.root"] == str(tiny_dataset)
+    assert out["run.output_dir"] == str(tiny_dataset.parent / "runs")
+    assert out["ray.storage_path"] == str(tiny_dataset.parent / "store")
+    assert out["model.pretrained"] == str(ckpt)
+    assert out["sweep.space"] == "tune_spaces/demo.yaml"  # inside the working dir: relative, uploaded with it
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ([], r"data\.root: 'runs/datasets/demo' is relative"),
+        (["data.root=s3://bucket/data"], r"data\.root: .*not a URL"),
+        (
+            ["data.root=/nonexistent/data"],
+            r"data\.root: .*not visible on this machine.*--no-local-data-check",
+        ),
+        (["data.root=/d", "run.output_dir=runs"], r"run\.output_dir: 'runs' is relative"),
+        (["data.root=/d", "run.output_dir=/o"], r"ray\.storage_path: a cluster needs checkpoint storage"),
+        (["data.root=/d", "run.output_dir=/o", "ray.storage_path=s3://AKIAX:pw@bucket/x"], r"credentials"),
+        (["data.root=/d", "run.output_dir=/o", "ray.storage_path=ftp://host/x"], r"unsupported URL scheme"),
+        (
+            ["data.root=/d", "run.output_dir=/o", "ray.storage_path=relative/store"],
+            r"ray\.storage_path: .*relative",
+        ),
+        (["data.root=/d", "run.output_dir=/o", "ray.storage_path=/s", "run.name=../escape"], r"run\.name"),
+        (
+            ["data.root=/d", "run.output_dir=/o", "ray.storage_path=/s", "sweep.space=/etc/hostname"],
+            r"sweep\.space",
+        ),
+    ],
+)
+def test_remote_cluster_paths_are_refused_naming_the_key(sets, message):
+    cfg = load_config(REPO / DEMO, sets)
+    check = "/nonexistent/data" in " ".join(sets)
+    with pytest.raises(ConfigError, match=message):
+        cluster_path_overrides(cfg, local=False, workdir=REPO, cwd=REPO, excludes=EXCLUDES, check_data=check)
+
+
+def test_refusals_exit_2_before_any_connection(tmp_path, capsys):
+    dead = ["--address", "http://127.0.0.1:9"]  # nothing listens: reaching it would be a different error
+    assert main(["run", "--config", DEMO, "--set", "train.zero_stage=7", *dead]) == 2
+    assert "config error: " in (err := capsys.readouterr().err) and "train.zero_stage: must be <= 3" in err
+    assert main(["run", "--config", DEMO, "--set", "train.epoch=2", *dead]) == 2
+    assert "unknown config key train.epoch" in capsys.readouterr().err
+    assert main(["nosuchstage", "--config", DEMO, *dead]) == 2
+    assert "unknown stage 'nosuchstage'" in capsys.readouterr().err
+    outside = tmp_path / "cfg.yaml"
+    outside.write_text((REPO / DEMO).read_text())
+    assert main(["run", "--config", str(outside), *dead]) == 2
+    assert "not uploaded with the working directory" in capsys.readouterr().err
+    # A config under runs/ (best.yaml of a sweep) stays home with runs/: refused with the way out.
+    best = REPO / "runs" / "_submit_test_best.yaml"
+    best.parent.mkdir(exist_ok=True)
+    best.write_text((REPO / DEMO).read_text())
+    try:
+        assert main(["run", "--config", str(best), *dead]) == 2
+        assert "copy it under pipelines/configs/" in capsys.readouterr().err
+    finally:
+        best.unlink()
+
+
+def test_dry_run_carries_no_secrets(tiny_dataset, monkeypatch, capsys):
+    secret = "fake-aws-secret-0123456789abcdef"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake0123456789")
+    argv = ["run", "--config", DEMO, "--set", f"data.root={tiny_dataset}", "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out)
+    assert secret not in out and "hf_fake" not in out
+    from system.submit import SECRET_NAME_RE
+
+    assert not [k for k in plan["runtime_env"]["env_vars"] if SECRET_NAME_RE.search(k)]
+    assert set(plan["runtime_env"]["env_vars"]) == set(
+        load_runtime_env_file(REPO / "cluster" / "runtime_env.yaml")["env_vars"]
+    )
+    assert all(k.startswith("uniproto_") for k in plan["metadata"])
+    # A secret's value that found its way into a value is refused, and the refusal does not print it.
+    with pytest.raises(SubmitError, match=r"\$AWS_SECRET_ACCESS_KEY") as e:
+        _plan([f"data.root={tiny_dataset}", f"run.output_dir=/tmp/{secret}"])
+    assert secret not in str(e.value)
+
+
+def test_no_credentials_inside_urls():
+    from system.submit import JobPlan
+
+    plan = JobPlan("run", "id", "python -m x --set a=https://user:pw@host/x", {}, {}, "h", True)
+    with pytest.raises(SubmitError, match="credentials inside a URL"):
+        assert_no_secrets(plan, environ={})
+
+
+def test_runtime_env_file_refuses_credentials(tmp_path):
+    bad = tmp_path / "renv.yaml"
+    bad.write_text("env_vars:\n  AWS_SECRET_ACCESS_KEY: abc\n")
+    with pytest.raises(SubmitError, match=r"env_vars\.AWS_SECRET_ACCESS_KEY: looks like a credential"):
+        load_runtime_env_file(bad)
+    assert load_runtime_env_file(REPO / "cluster" / "runtime_env.yaml")["env_vars"]
+
+
+_TOKEN_PROBE = """
+import os, sys
+from system.submit import enable_token_auth
+from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+print(enable_token_auth())
+print(sorted(get_auth_headers_if_auth_enabled({})))
+"""
+
+
+def _probe(**overrides):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | overrides
+    return subprocess.run(
+        [sys.executable, "-c", _TOKEN_PROBE], env=env, cwd=REPO, capture_output=True, text=True
+    )
+
+
+def test_token_is_found_where_ray_looks_and_never_printed(tmp_path):
+    """In a fresh process: Ray 2.60's client sends the token only in token mode; submit switches it on when
+    Ray's lookup finds a token (here ~/.ray/auth_token of a fresh HOME), and leaves a token-less setup alone."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    token = "0123456789abcdef" * 4
+    (home / ".ray" / "auth_token").write_text(token)
+    r = _probe(HOME=str(home))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["~/.ray/auth_token", "['authorization']"]
+    assert token not in r.stdout + r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _probe(HOME=str(empty))
+    assert r.stdout.split("\n")[:2] == ["none (cluster without token authentication)", "[]"], r.stderr
+    r = _probe(HOME=str(empty), RAY_AUTH_TOKEN_PATH=str(empty / "missing"))
+    assert r.returncode != 0 and "missing or empty token file" in r.stderr
+
+
+# ------------------------------------------------------------------------------ code-base security rules
+
+
+def _sources(*dirs: str) -> list[Path]:
+    return [p for d in dirs for p in (REPO / d).rglob("*.py")]
+
+
+def test_checkpoints_load_weights_only():
+    """Every torch.load in system/ and pipelines/ passes weights_only=True; nothing unpickles."""
+    calls = []
+    for path in _sources("system", "pipelines"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            if name in {"pickle.load", "pickle.loads", "torch.serialization.load"}:
+                pytest.fail(f"{path.relative_to(REPO)}:{node.lineno}: {name}")
+            if name == "torch.load":
+                kw = {k.arg: k.value for k in node.keywords}
+                ok = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
+                assert ok, f"{path.relative_to(REPO)}:{node.lineno}: torch.load without weights_only=True"
+                calls.append(path.name)
+    assert calls, "the weights loader was not found (system/models.py)"
+
+
+def test_our_scripts_never_bind_the_dashboard_beyond_loopback():
+    files = _sources("system", "pipelines") + list((REPO / "cluster").rglob("*.yaml")) + [REPO / "Makefile"]
+    files += [p for p in (REPO / ".ci").rglob("*") if p.is_file()]
+    for path in files:
+        text = path.read_text()
+        assert "0.0.0.0" not in text, f"{path.relative_to(REPO)} mentions 0.0.0.0"
+        for m in re.finditer(r"dashboard[-_]host\W+([\w.:]+)", text):
+            assert m.group(1) == "127.0.0.1", f"{path.relative_to(REPO)}: {m.group(0)}"
