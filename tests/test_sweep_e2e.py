@@ -92,13 +92,12 @@ def _sweep_cmd(root, out):
     return cmd
 
 
-def _checkpoints(storage: Path) -> dict[str, int]:
-    """Stage-1 Train runs under the sweep's storage and how many checkpoints each has written."""
-    return {
-        d.name: sum(c.is_dir() for c in d.glob("checkpoint_*"))  # not checkpoint_manager_snapshot.json
-        for d in sorted(storage.glob("resume-stage1-*"))
-        if d.is_dir()
-    }
+def _stage1_runs(storage: Path) -> list[tuple[str, list[str]]]:
+    """Stage-1 Train runs under the sweep's storage, oldest first, each with its checkpoint directories."""
+    runs = [d for d in storage.glob("resume-stage1-*") if d.is_dir()]
+    runs.sort(key=lambda d: d.stat().st_ctime)
+    # checkpoint_manager_snapshot.json also matches the pattern: directories only
+    return [(d.name, sorted(c.name for c in d.glob("checkpoint_*") if c.is_dir())) for d in runs]
 
 
 @pytest.mark.timeout(1500)
@@ -118,24 +117,25 @@ def test_killed_sweep_resumes(tiny_dataset, tmp_path):
         start_new_session=True,  # its own process group: the kill takes its local Ray with it
     )
     try:
-        # Kill once the first trial has finished and the second has written a stage-1 checkpoint.
+        # Trials run one at a time: once the second trial's Train run has written a checkpoint, the first
+        # trial has finished. Kill the driver then.
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
-            ckpts = _checkpoints(storage)
-            if len(ckpts) == 2 and min(ckpts.values()) >= 1 and max(ckpts.values()) == 3:
+            runs = _stage1_runs(storage)
+            if len(runs) == 2 and runs[1][1]:
                 break
-            time.sleep(1.0)
+            time.sleep(0.5)
         assert proc.poll() is None, (
             "the sweep ended before it could be interrupted:\n" + (tmp_path / "first.log").read_text()[-3000:]
         )
-        before = _checkpoints(storage)
+        before = _stage1_runs(storage)
         assert len(before) == 2, (tmp_path / "first.log").read_text()[-3000:]
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
-    first_done = next(n for n, c in before.items() if c == 3).removeprefix("resume-stage1-")
-    second = next(n for n, c in before.items() if c < 3).removeprefix("resume-stage1-")
+    (first_run, first_ckpts), (second_run, _) = before
+    first_done, second = first_run.removeprefix("resume-stage1-"), second_run.removeprefix("resume-stage1-")
 
     try:
         report = main(args)  # the same command again
@@ -149,7 +149,7 @@ def test_killed_sweep_resumes(tiny_dataset, tmp_path):
     # (steps of at least one epoch kept), rather than from step 0.
     assert trials[first_done]["final_resumed_from_step"] == 0
     assert trials[second]["final_resumed_from_step"] >= 7
-    assert _checkpoints(storage)[f"resume-stage1-{first_done}"] == 3
+    assert dict(_stage1_runs(storage))[first_run] == first_ckpts  # no new checkpoint: not trained again
     run_dir = tmp_path / "resume"
     for name in ("results.csv", "results.md", "best.yaml", "sweep_efficiency.png", "report.json"):
         assert (run_dir / name).stat().st_size > 0, name

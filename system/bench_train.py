@@ -1,0 +1,547 @@
+"""`uniproto benchmark train`: our stage 1 against open_clip's own trainer, and against a bare torch loop.
+
+    uniproto benchmark train [--shards SPEC] [--cpus N] [--epochs E] [--batch B] [--json]
+
+Three runs on the same shards, architecture, image size and global batch, one after the other, each in its own
+process tree confined to the same N cores (CPU affinity):
+
+* **ours**: `pipelines.pretrain.main` (Ray Data stream with the text-filter stage -> Ray Train, 2 workers, each
+  a DeepSpeed ZeRO-1 engine; the class-wise contrastive loss plus the prototype loss). Ray gets 2N logical CPUs
+  (the demo's convention on 2 cores, FIELD_NOTES' 2-core hang); each Train worker holds N/workers of them, so
+  Ray sets its torch threads (OMP_NUM_THREADS) to that: N compute threads in all; decode and the text filter
+  run in Ray Data on the same cores.
+* **peer**: `open_clip_train` (its CLIP contrastive loss, AdamW, webdataset loader), one process with
+  `--peer-threads` torch threads (default N minus the loader processes) plus `--peer-workers` loader processes
+  (default N/2, at least 1) on the same cores, so threads + loaders = N: an OpenMP team sharing its cores with a
+  busy loader process stalls at every barrier (measured: the peer's backward spent most of its time in
+  libgomp waits with 2 threads + 1 loader on 2 cores). --batch-size is our global batch (micro batch x Train
+  workers). It runs in a cached venv with webdataset==0.2.86
+  (system.bench_peer).
+* **bare**: one process, N torch threads, the same model (`create_clip`), the same loss (`Stage1Loss` with the
+  same number of prototypes) and AdamW with gradient clipping, on pre-decoded in-memory batches: no data
+  loading, no Ray, no DeepSpeed. The ceiling for this model on these cores.
+
+Throughput is steady state: samples over summed step time in the epochs after the first (ours: the per-epoch
+`samples` / `epoch_s` of the Train reports, which exclude the between-epoch checkpoint; peer: its per-step log
+lines; bare: after `--bare-warmup` steps). ratio = ours / peer; overhead = (bare - ours) / bare.
+The last line printed is one JSON object with `ours`, `peer`, `ratio`, `overhead` and the details.
+CPU-seconds and peak RSS cover each whole process tree and run (start-up included); RSS is summed over the
+processes, so pages they share (Ray's object store) count once per process. Multi-threaded torch (the bare
+loop, the peer) collapses when other work shares the cores (10-25x slower here at a load of 6-20 on 2 cores),
+while ours runs one thread per process: compare figures taken at a low load average, which the output reports.
+
+`--shards` takes a dataset directory (manifest.json; its train split is used) or a raw shard spec (a brace
+pattern or glob of .tar files, `::`-separated for several): a manifest is then written into the work directory
+with the class list scanned from the shards' .json files (`label`, `class_name`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from system.bench_peer import (
+    PeerRun,
+    ensure_peer_env,
+    parse_peer_log,
+    peer_command,
+    peer_throughput,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = REPO / "system" / "model_configs"
+DEFAULT_SHARDS = "runs/datasets/demo"
+
+
+# --------------------------------------------------------------------------------------------- shards
+
+
+def resolve_shards(spec: str, workdir: Path) -> tuple[str, list[str], int]:
+    """(dataset root, train shard paths, train samples). A raw shard spec gets a manifest in `workdir`."""
+    from system.data.dataset_dir import MANIFEST_NAME, load_manifest
+
+    if Path(spec, MANIFEST_NAME).is_file():
+        m = load_manifest(spec)
+        return str(Path(spec).resolve()), m.shard_paths(spec, "train"), m.splits["train"].num_samples
+    paths = expand_shard_spec(spec)
+    if not paths:
+        raise FileNotFoundError(f"--shards {spec!r}: no dataset directory (manifest.json) and no .tar files")
+    root = workdir / "dataset"
+    write_scanned_manifest(root, paths)
+    m = load_manifest(root)
+    return str(root.resolve()), m.shard_paths(root, "train"), m.splits["train"].num_samples
+
+
+def expand_shard_spec(spec: str) -> list[str]:
+    import braceexpand
+
+    out: list[str] = []
+    for part in spec.split("::"):
+        for p in braceexpand.braceexpand(part):
+            out.extend(sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p])
+    missing = [p for p in out if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--shards: missing shard file(s): {missing[:3]}")
+    return [str(Path(p).resolve()) for p in out]
+
+
+def write_scanned_manifest(root: Path, shards: list[str]) -> None:
+    """A train-only dataset dir over `shards` (symlinked): class list and counts from the .json members."""
+    import tarfile
+
+    from system.data.dataset_dir import FORMAT_VERSION, Manifest, SplitInfo, write_manifest
+
+    names: dict[int, str] = {}
+    counts: dict[int, int] = {}
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    rel = []
+    for i, path in enumerate(shards):
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.name.endswith(".json"):
+                    continue
+                meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                label = int(meta["label"])
+                counts[label] = counts.get(label, 0) + 1
+                names.setdefault(label, str(meta.get("class_name") or f"class_{label}"))
+        link = root / "train" / f"{i:05d}.tar"
+        if not link.exists():
+            link.symlink_to(path)
+        rel.append(f"train/{i:05d}.tar")
+    k = max(counts) + 1 if counts else 0
+    class_names = [names.get(c, f"class_{c}") for c in range(k)]
+    train_counts = [counts.get(c, 0) for c in range(k)]
+    manifest = Manifest(
+        FORMAT_VERSION,
+        "bench-shards",
+        class_names,
+        train_counts,
+        # Stage 1 reads only train (its val probe is off here); prepare_run wants val/test listed.
+        {s: SplitInfo(sum(train_counts), list(rel)) for s in ("train", "val", "test")},
+        text_dir=None,
+        source="uniproto benchmark train --shards",
+    )
+    write_manifest(root, manifest)
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+class TreeMonitor:
+    """CPU seconds (user + system, summed over every process of the tree) and peak summed RSS of a process
+    and all its descendants (Ray's gcs/raylet/workers, dataloader workers), sampled every `interval` s."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid, self.interval = pid, interval
+        self.cpu: dict[int, float] = {}
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        rss = 0
+        for p in procs:
+            try:
+                with p.oneshot():
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), t.user + t.system)
+                    rss += p.memory_info().rss
+            except psutil.Error:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict[str, float]:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        return {"cpu_s": round(sum(self.cpu.values()), 1), "peak_rss_mb": round(self.peak_rss / 2**20, 1)}
+
+
+def cpu_set(cpus: int) -> list[int]:
+    avail = sorted(os.sched_getaffinity(0))
+    if cpus > len(avail):
+        raise ValueError(f"--cpus {cpus}: only {len(avail)} cores are available to this process")
+    return avail[:cpus]
+
+
+def run_tree(cmd: list[str], env: dict[str, str], cpus: list[int], log_path: Path, echo: bool) -> dict:
+    """Run `cmd` pinned to `cpus`, output to `log_path` (and stdout with `echo`); wall, CPU seconds, peak RSS."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=str(REPO),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
+        mon = TreeMonitor(proc.pid)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if echo:
+                sys.stdout.write(line)
+        rc = proc.wait()
+        usage = mon.stop()
+    out = {"rc": rc, "wall_s": round(time.perf_counter() - t0, 1), **usage}
+    if rc != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"{cmd[:4]}... exited with {rc} (log {log_path}):\n{tail}")
+    return out
+
+
+def base_env(threads: int | None) -> dict[str, str]:
+    """The runs' environment. threads=None leaves thread counts to Ray, which sets OMP_NUM_THREADS of each
+    Train worker to its CPUs (only where the variable is unset)."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)  # ours must start its own local Ray on these cores, never join a cluster
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(var, None)
+        if threads is not None:
+            env[var] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+# --------------------------------------------------------------------------------------------- ours
+
+
+def ours_overrides(
+    root: str, out_dir: Path, arch: str, image_size: int, batch: int, workers: int, epochs: int, cpus: int
+) -> list[str]:
+    if batch % workers:
+        raise ValueError(f"--batch {batch} must be a multiple of --workers {workers}")
+    sets = {
+        "run.name": "bench-ours",
+        "run.output_dir": str(out_dir),
+        "data.root": root,
+        "data.image_size": image_size,
+        "model.arch": arch,
+        "train.num_workers": workers,
+        "train.cpus_per_worker": float(max(1, cpus // workers)),
+        "train.micro_batch_size": batch // workers,
+        "train.epochs": epochs,
+        "train.zero_stage": 1,
+        "train.checkpoint_every_epochs": epochs,  # one checkpoint, at the end (outside the timed epochs anyway)
+        "train.keep_checkpoints": 1,
+        "eval.stage1_val_samples": 0,  # the per-epoch probe is outside the timed epochs; skip its cost
+        "ray.num_cpus": 2 * cpus,
+        "ray.data_progress_bars": False,
+        "sweep.space": None,
+    }
+    return [x for k, v in sets.items() for x in ("--set", f"{k}={'null' if v is None else v}")]
+
+
+def _ours_child(argv: list[str]) -> int:
+    """Child process: pipelines.pretrain.main with every Train report also appended to a JSON-lines file."""
+    record_path, rest = argv[0], argv[1:]
+    import pipelines.pretrain as pretrain
+    import system.ray_pretrain as rp
+
+    original = rp.run_stage1
+
+    def run_stage1(cfg, shared, name, callbacks=None):
+        return original(cfg, shared, name, callbacks=[*(callbacks or []), _recorder(record_path)])
+
+    rp.run_stage1 = run_stage1
+    out = pretrain.main(rest)
+    print("[bench] ours summary " + json.dumps(out["summary"]), flush=True)
+    return 0
+
+
+def _recorder(path: str):
+    from ray.train import UserCallback
+
+    class ReportRecorder(UserCallback):
+        """Appends rank 0's (already reduced) numeric metrics of every report to a JSON-lines file."""
+
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            m = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str))}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+
+    return ReportRecorder(path)
+
+
+def ours_throughput(reports: list[dict[str, Any]], skip_epochs: int = 1) -> dict[str, float]:
+    """Steady state over epoch reports with epoch > skip_epochs (1-based): summed samples / summed epoch_s."""
+    kept = [r for r in reports if r.get("kind") == "epoch" and r.get("epoch", 0) > skip_epochs]
+    if not kept:
+        raise ValueError(f"no epoch reports after epoch {skip_epochs} (got {len(reports)} reports)")
+    samples = sum(r["samples"] for r in kept)
+    seconds = sum(r["epoch_s"] for r in kept)
+    waited = sum(r["data_wait_fraction"] * r["epoch_s"] for r in kept)
+    return {
+        "samples_per_s": samples / seconds,
+        "epochs": len(kept),
+        "samples": samples,
+        "seconds": seconds,
+        "data_wait_fraction": waited / seconds,
+    }
+
+
+# --------------------------------------------------------------------------------------------- bare
+
+
+def bare_loop(
+    arch: str,
+    image_size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    num_classes: int,
+    threads: int | None = None,
+    seed: int = 0,
+    lr: float = 2e-3,
+    weight_decay: float = 0.05,
+    grad_clip: float = 1.0,
+) -> dict[str, float]:
+    """Single-process training steps on pre-decoded in-memory batches: samples/s after `warmup` steps."""
+    import torch
+
+    from system.class_prototypes import arch_embed_dim
+    from system.losses import Stage1Loss, total_loss
+    from system.models import create_clip, preprocess_for, tokenizer_for
+    from system.prototypes import uniform_prototypes
+    from system.ray_pretrain import _param_groups
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = create_clip(arch, None, image_size).train()
+    preprocess = preprocess_for(model)
+    protos = uniform_prototypes(num_classes, arch_embed_dim(arch), seed=seed)  # [K, d]
+    loss_fn = Stage1Loss(protos)
+    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    tok = tokenizer_for(arch)
+    batches = []
+    for _ in range(2):  # two distinct batches, alternated: no data loading inside the timed loop
+        labels = torch.randint(0, num_classes, (batch,), generator=gen)  # [B]
+        images = torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen, dtype=torch.uint8)
+        text = tok([f"a photo of a class {int(c)}, which has a red striped shape." for c in labels])  # [B, L]
+        batches.append((images, text, labels))
+    t0 = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        images, text, labels = batches[i % 2]
+        out = model(preprocess(images), text)
+        terms = loss_fn(
+            out["image_features"], out["text_features"], labels, out["logit_scale"].clamp(max=100.0)
+        )
+        loss = total_loss(terms)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+    seconds = time.perf_counter() - (t0 if t0 is not None else time.perf_counter())
+    return {
+        "samples_per_s": batch * steps / max(seconds, 1e-9),
+        "steps": steps,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "loss": float(loss.detach()),
+    }
+
+
+def _bare_child(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    for name, kind in (("arch", str), ("image-size", int), ("batch", int), ("steps", int), ("warmup", int),
+                       ("classes", int), ("threads", int)):  # fmt: skip
+        p.add_argument(f"--{name}", type=kind, required=True)
+    a = p.parse_args(argv)
+    r = bare_loop(a.arch, a.image_size, a.batch, a.steps, a.warmup, a.classes, a.threads)
+    print("[bench] bare " + json.dumps(r), flush=True)
+    return 0
+
+
+def _last_json(log: str, prefix: str) -> dict[str, Any]:
+    for line in reversed(log.splitlines()):
+        if line.startswith(prefix):
+            return json.loads(line[len(prefix) :])
+    raise ValueError(f"no line starting with {prefix!r}")
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="uniproto benchmark train",
+        description="Our stage 1 vs open_clip_train (samples/s, ratio) and vs a bare torch loop (overhead). "
+        "Last line: one JSON object.",
+    )
+    p.add_argument("--shards", default=DEFAULT_SHARDS, help="dataset dir (manifest.json) or shard spec/glob")
+    p.add_argument("--arch", default="uniproto-tiny-rn")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=128, help="global batch (ours: micro batch x --workers)")
+    p.add_argument("--workers", type=int, default=2, help="our Ray Train workers")
+    p.add_argument("--cpus", type=int, default=None, help="cores for every run (default: all available)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of ours and the peer; the first is warm-up")
+    p.add_argument(
+        "--peer-workers", type=int, default=None, help="peer dataloader processes (default cpus/2)"
+    )
+    p.add_argument(
+        "--peer-threads",
+        type=int,
+        default=None,
+        help="peer torch threads (default cpus - peer workers, >= 1)",
+    )
+    p.add_argument("--bare-steps", type=int, default=20)
+    p.add_argument("--bare-warmup", type=int, default=3)
+    p.add_argument("--only", choices=["ours", "peer", "bare"], action="append", help="run a subset")
+    p.add_argument("--workdir", help="keep logs and runs here (default: a temporary dir, removed)")
+    p.add_argument("--verbose", action="store_true", help="echo the runs' own output")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    a = p.parse_args(argv)
+    if a.epochs < 2:
+        p.error("--epochs must be >= 2 (the first epoch is warm-up)")
+    return a
+
+
+def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
+    cpus = cpu_set(a.cpus or len(os.sched_getaffinity(0)))
+    n = len(cpus)
+    which = set(a.only or ["ours", "peer", "bare"])
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="uniproto-bench-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    root, shards, num_samples = resolve_shards(a.shards, work)
+    from system.data.dataset_dir import load_manifest
+
+    num_classes = load_manifest(root).num_classes
+    result: dict[str, Any] = {
+        "ours": None,
+        "peer": None,
+        "ratio": None,
+        "overhead": None,
+        "bare": None,
+        "cpus": n,
+        "global_batch": a.batch,
+        "arch": a.arch,
+        "image_size": a.image_size,
+        "epochs": a.epochs,
+        "measured_epochs": a.epochs - 1,
+        "train_samples_per_epoch": num_samples,
+        "shards": len(shards),
+        "load_before": load_average(),
+    }
+    say(f"[bench] {n} cores {cpus}, {a.arch} at {a.image_size} px, global batch {a.batch}, {num_samples} "
+        f"samples x {a.epochs} epochs ({len(shards)} shards), load {result['load_before']}")  # fmt: skip
+
+    if "bare" in which:
+        cmd = [sys.executable, "-m", "system.bench_train", "_bare", "--arch", a.arch,
+               "--image-size", str(a.image_size), "--batch", str(a.batch), "--steps", str(a.bare_steps),
+               "--warmup", str(a.bare_warmup), "--classes", str(num_classes), "--threads", str(n)]  # fmt: skip
+        usage = run_tree(cmd, base_env(n), cpus, work / "bare.log", a.verbose)
+        bare = _last_json((work / "bare.log").read_text(), "[bench] bare ")
+        result["bare"] = round(bare["samples_per_s"], 2)
+        result["bare_detail"] = {**bare, **usage, "load": load_average()}
+        say(f"[bench] bare torch loop: {bare['samples_per_s']:.1f} samples/s ({bare['steps']} steps, "
+            f"{bare['threads']} threads), load {result['bare_detail']['load']}")  # fmt: skip
+
+    if "peer" in which:
+        python = ensure_peer_env(log=say)
+        run = PeerRun(
+            shards=shards,
+            num_samples=num_samples,
+            arch=a.arch,
+            image_size=a.image_size,
+            batch_size=a.batch,
+            workers=a.peer_workers or max(1, n // 2),
+            epochs=a.epochs,
+            logs=str(work / "peer-logs"),
+            name=f"peer-{os.getpid()}-{int(time.time())}",
+        )
+        threads = a.peer_threads or max(1, n - run.workers)  # compute threads + loader processes <= cores
+        usage = run_tree(
+            peer_command(python, run, CONFIGS_DIR), base_env(threads), cpus, work / "peer.log", a.verbose
+        )
+        steps = parse_peer_log((work / "peer.log").read_text())
+        peer = peer_throughput(steps, a.batch, skip_epochs=1)
+        result["peer"] = round(peer["samples_per_s"], 2)
+        result["peer_detail"] = {**peer, **usage, "loader_workers": run.workers, "torch_threads": threads,
+                                 "load": load_average()}  # fmt: skip
+        say(f"[bench] peer open_clip_train: {peer['samples_per_s']:.1f} samples/s ({peer['steps']} steps, "
+            f"data-wait {100 * peer['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS "
+            f"{usage['peak_rss_mb']} MB, wall {usage['wall_s']} s, load {result['peer_detail']['load']}")  # fmt: skip
+
+    if "ours" in which:
+        record = work / "ours-reports.jsonl"
+        record.unlink(missing_ok=True)
+        sets = ours_overrides(root, work / "ours", a.arch, a.image_size, a.batch, a.workers, a.epochs, n)
+        cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), *sets]
+        usage = run_tree(cmd, base_env(None), cpus, work / "ours.log", a.verbose)
+        reports = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+        ours = ours_throughput(reports, skip_epochs=1)
+        ours["steps"] = int(ours["samples"]) // a.batch
+        result["ours"] = round(ours["samples_per_s"], 2)
+        result["ours_detail"] = {**ours, **usage, "train_workers": a.workers, "ray_logical_cpus": 2 * n,
+                                 "load": load_average()}  # fmt: skip
+        say(f"[bench] ours (Ray Data + text filter -> Ray Train x{a.workers} + DeepSpeed ZeRO-1, proto loss): "
+            f"{ours['samples_per_s']:.1f} samples/s ({ours['epochs']} epochs, data-wait "
+            f"{100 * ours['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS {usage['peak_rss_mb']} MB, "
+            f"wall {usage['wall_s']} s, load {result['ours_detail']['load']}")  # fmt: skip
+
+    if result["ours"] and result["peer"]:
+        result["ratio"] = round(result["ours"] / result["peer"], 3)
+    if result["ours"] and result["bare"]:
+        result["overhead"] = round((result["bare"] - result["ours"]) / result["bare"], 3)
+    result["load_after"] = load_average()
+    result["workdir"] = str(work) if a.workdir else None
+    if not a.workdir:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"[bench] ours {result['ours']} / peer {result['peer']} samples/s: ratio {result['ratio']} (goal >= 1.0); "
+        f"bare {result['bare']}: overhead {result['overhead']} (goal <= 0.10); load {result['load_after']}")  # fmt: skip
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_ours":
+        return _ours_child(argv[1:])
+    if argv and argv[0] == "_bare":
+        return _bare_child(argv[1:])
+    a = parse_args(argv)
+    result = benchmark(a, say=(lambda *_a, **_k: None) if a.json else (lambda s: print(s, flush=True)))
+    print(json.dumps(result, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""`uniproto benchmark train`: the peer log parser, the peer env and command, throughput arithmetic, the bare loop,
+raw-shard manifests, and (integration) the JSON last-line contract on the tiny dataset."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from system import bench_peer
+from system.bench_peer import PeerRun, parse_peer_log, peer_command, peer_throughput
+
+# Real output of open_clip_train 3.3.0 (uniproto-tiny-rn, 32 px, batch 128, 1 loader worker, CPU, loaded machine).
+PEER_LOG = """\
+2026-11-24,09:44:36 | INFO | Train Epoch: 0 [1408/1664 (85%)] Data (t): 0.010 Batch (t): 18.208, 7.02984/s, 7.02984/s/gpu LR: 0.001500 Logit Scale: 14.100 Contrastive_loss: 4.0986 (4.9963) Loss: 4.0986 (4.9963)
+2026-11-24,09:44:47 | INFO | Train Epoch: 0 [1536/1664 (92%)] Data (t): 0.056 Batch (t): 10.688, 11.9763/s, 11.9763/s/gpu LR: 0.001383 Logit Scale: 14.092 Contrastive_loss: 3.9561 (4.9097) Loss: 3.9561 (4.9097)
+2026-11-24,09:45:00 | INFO | Train Epoch: 0 [1664/1664 (100%)] Data (t): 0.038 Batch (t): 12.969, 9.86931/s, 9.86931/s/gpu LR: 0.001259 Logit Scale: 14.085 Contrastive_loss: 3.8868 (4.8310) Loss: 3.8868 (4.8310)
+2026-11-24,09:45:00 | INFO | Start epoch 1
+2026-11-24,09:45:33 | INFO | Train Epoch: 1 [ 128/1664 (8%)] Data (t): 3.819 Batch (t): 32.778, 3.90505/s, 3.90505/s/gpu LR: 0.001131 Logit Scale: 14.079 Contrastive_loss: 3.7539 (3.7539) Loss: 3.7539 (3.7539)
+2026-11-24,09:45:49 | INFO | Train Epoch: 1 [ 256/1664 (15%)] Data (t): 0.018 Batch (t): 16.552, 7.73312/s, 7.73312/s/gpu LR: 0.001000 Logit Scale: 14.075 Contrastive_loss: 3.9289 (3.8414) Loss: 3.9289 (3.8414)
+2026-11-24,09:47:56 | INFO | Train Epoch: 1 [1536/1664 (92%)] Data (t): 0.008 Batch (t): 2.090, 61.2307/s, 61.2307/s/gpu LR: 0.000034 Logit Scale: 14.066 Contrastive_loss: 3.6253 (3.7880) Loss: 3.6253 (3.7880)
+I1124 09:48:02.495000 30565 torch/_dynamo/utils.py:925] TorchDynamo compilation metrics:
+"""
+
+
+def test_parse_peer_log_reads_every_step_line():
+    steps = parse_peer_log(PEER_LOG)
+    assert [s["epoch"] for s in steps] == [0, 0, 0, 1, 1, 1]
+    assert [s["seen"] for s in steps] == [1408, 1536, 1664, 128, 256, 1536]
+    assert steps[0]["total"] == 1664
+    assert steps[3]["data_s"] == pytest.approx(3.819)
+    assert steps[3]["batch_s"] == pytest.approx(32.778)
+    assert steps[5]["samples_per_s"] == pytest.approx(61.2307)
+    assert parse_peer_log("nothing here\nStart epoch 0\n") == []
+
+
+def test_peer_throughput_skips_warmup_epoch_and_sums_step_time():
+    steps = parse_peer_log(PEER_LOG)
+    r = peer_throughput(steps, batch_size=128, skip_epochs=1)
+    seconds = 128 / 3.90505 + 128 / 7.73312 + 128 / 61.2307
+    assert r["steps"] == 3 and r["samples"] == 3 * 128
+    assert r["seconds"] == pytest.approx(seconds)
+    assert r["samples_per_s"] == pytest.approx(3 * 128 / seconds)
+    assert r["data_wait_fraction"] == pytest.approx((3.819 + 0.018 + 0.008) / seconds)
+    with pytest.raises(ValueError, match="epoch >= 5"):
+        peer_throughput(steps, 128, skip_epochs=5)
+
+
+def test_peer_command_matches_ours_and_registers_our_configs(tmp_path):
+    run = PeerRun(
+        shards=["/d/train/00000.tar", "/d/train/00001.tar"],
+        num_samples=1639,
+        arch="uniproto-tiny-rn",
+        image_size=32,
+        batch_size=128,
+        workers=1,
+        epochs=3,
+        logs=str(tmp_path),
+    )
+    cmd = peer_command("/env/bin/python", run, "/repo/system/model_configs")
+    assert cmd[:2] == ["/env/bin/python", "-c"]
+    assert "open_clip.add_model_config('/repo/system/model_configs')" in cmd[2]
+    assert "from open_clip_train.main import main" in cmd[2]
+    opts = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert opts["--train-data"] == "/d/train/00000.tar::/d/train/00001.tar"
+    assert opts["--train-num-samples"] == "1639"
+    assert opts["--model"] == "uniproto-tiny-rn"
+    assert opts["--force-image-size"] == "32"
+    assert opts["--batch-size"] == "128"
+    assert opts["--device"] == "cpu" and opts["--precision"] == "fp32"
+    assert opts["--log-every-n-steps"] == "1" and opts["--report-to"] == ""
+    # Every flag is one open_clip_train knows.
+    from open_clip_train.params import parse_args
+
+    args = parse_args(cmd[3:])
+    assert args.force_image_size == [32] and args.batch_size == 128 and args.workers == 1
+
+
+def test_peer_env_dir_is_cached_by_key(tmp_path):
+    a = bench_peer.peer_env_dir(tmp_path)
+    assert a == bench_peer.peer_env_dir(tmp_path)
+    assert a.parent == tmp_path and a.name.startswith("peer-env-")
+
+
+def test_ensure_peer_env_reuses_a_complete_env(tmp_path, monkeypatch):
+    env = bench_peer.peer_env_dir(tmp_path)
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").symlink_to(sys.executable)
+    (env / ".complete").write_text("{}")
+    monkeypatch.setattr(bench_peer.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt a cached env"))
+    assert bench_peer.ensure_peer_env(tmp_path) == env / "bin" / "python"
+
+
+@pytest.mark.integration
+def test_ensure_peer_env_builds_webdataset_0_2_86(tmp_path):
+    python = bench_peer.ensure_peer_env(tmp_path, log=lambda *_: None)
+    info = bench_peer.check_peer_env(python)
+    assert info["webdataset"] == bench_peer.PEER_WEBDATASET
+    assert info["file"].startswith(str(tmp_path))
+
+
+def test_ours_throughput_uses_epochs_after_the_first():
+    from system.bench_train import ours_throughput
+
+    reports = [
+        {"kind": "epoch", "epoch": 1, "samples": 1536, "epoch_s": 30.0, "data_wait_fraction": 0.5},
+        {"kind": "checkpoint", "epoch": 1.5, "step": 18},
+        {"kind": "epoch", "epoch": 2, "samples": 1536, "epoch_s": 10.0, "data_wait_fraction": 0.1},
+        {"kind": "epoch", "epoch": 3, "samples": 1408, "epoch_s": 6.0, "data_wait_fraction": 0.0},
+    ]
+    r = ours_throughput(reports, skip_epochs=1)
+    assert r["epochs"] == 2 and r["samples"] == 2944
+    assert r["samples_per_s"] == pytest.approx(2944 / 16.0)
+    assert r["data_wait_fraction"] == pytest.approx(1.0 / 16.0)
+    with pytest.raises(ValueError):
+        ours_throughput(reports[:2])
+
+
+def test_ours_overrides_keep_text_filter_and_prototype_loss_on(tmp_path):
+    from system.bench_train import ours_overrides
+    from system.config import load_config
+
+    sets = ours_overrides("/data", tmp_path, "uniproto-tiny-rn", 32, 128, 2, 3, 2)
+    cfg = load_config(None, [s for s in sets if s != "--set"])
+    assert cfg.train.micro_batch_size * cfg.train.num_workers == 128
+    assert cfg.train.zero_stage == 1 and cfg.ray.num_cpus == 4 and cfg.train.cpus_per_worker == 1.0
+    assert cfg.loss.proto_weight > 0 and cfg.loss.contrastive_weight > 0
+    assert cfg.data.text_scorer and cfg.sweep.space is None
+    with pytest.raises(ValueError, match="multiple"):
+        ours_overrides("/data", tmp_path, "uniproto-tiny-rn", 32, 127, 2, 3, 2)
+
+
+def test_bare_loop_trains_a_few_steps():
+    from system.bench_train import bare_loop
+
+    r = bare_loop("uniproto-tiny-rn", 32, batch=8, steps=2, warmup=1, num_classes=4, threads=1)
+    assert r["steps"] == 2 and r["threads"] == 1
+    assert r["samples_per_s"] > 0 and r["loss"] == r["loss"]  # finite, not NaN
+
+
+def test_raw_shard_spec_gets_a_scanned_manifest(tiny_dataset, tmp_path):
+    from system.bench_train import resolve_shards
+    from system.data.dataset_dir import load_manifest
+
+    src = load_manifest(tiny_dataset)
+    n = len(src.splits["train"].shards)
+    spec = f"{tiny_dataset}/train/{{00000..{n - 1:05d}}}.tar"
+    root, paths, num = resolve_shards(spec, tmp_path)
+    m = load_manifest(root)
+    assert num == src.splits["train"].num_samples == sum(m.train_counts)
+    assert m.train_counts == src.train_counts and m.class_names == src.class_names
+    assert len(paths) == n
+    # A dataset directory is used as is.
+    root2, paths2, num2 = resolve_shards(str(tiny_dataset), tmp_path)
+    assert Path(root2) == Path(tiny_dataset).resolve() and num2 == num and len(paths2) == n
+
+
+def test_cli_lists_benchmark_and_refuses_unknown_target(capsys):
+    from system.cli import COMMANDS, main
+
+    assert "benchmark" in COMMANDS
+    assert main(["benchmark", "eval"]) == 2
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
+    """Ours + peer + bare on the tiny dataset: the last line is the JSON contract (values not asserted)."""
+    from system.bench_train import main
+
+    rc = main(
+        ["--shards", str(tiny_dataset), "--cpus", "2", "--epochs", "2", "--batch", "32",
+         "--bare-steps", "2", "--bare-warmup", "1", "--workdir", str(tmp_path / "w")]
+    )  # fmt: skip
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    for key in ("ours", "peer", "ratio", "overhead", "bare", "cpus", "global_batch", "load_before"):
+        assert key in result
+    assert result["ours"] > 0 and result["peer"] > 0 and result["bare"] > 0
+    assert result["ratio"] == pytest.approx(result["ours"] / result["peer"], rel=1e-2)
