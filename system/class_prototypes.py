@@ -1,7 +1,9 @@
-"""Fixed class prototypes for stage 1: uniform on the sphere, assigned to classes (METHOD.md)."""
+"""Fixed class prototypes for stage 1: uniform on the sphere, assigned to classes, saved with the class order
+(METHOD.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,13 @@ import torch
 
 from system.config import Config
 from system.models import create_clip, register_model_configs, tokenizer_for
-from system.prototypes import assign_prototypes, prototype_stats, uniform_prototypes
+from system.prototypes import (
+    assign_prototypes,
+    build_prototypes,
+    class_order_digest,
+    prototype_stats,
+    save_prototypes,
+)
 
 
 def arch_embed_dim(arch: str) -> int:
@@ -29,12 +37,38 @@ def class_text_embeddings(cfg: Config, class_names: list[str]) -> torch.Tensor:
     return model.encode_text(tokens, normalize=True).float()
 
 
-def make_class_prototypes(cfg: Config, class_names: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Prototypes [K, d] (row c belongs to class c) and their geometry stats."""
+def make_class_prototypes(
+    cfg: Config, class_names: list[str], out: str | Path | None = None, save: bool = True
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Prototypes [K, d] (row c belongs to class_names[c]) and their geometry stats.
+
+    Saved (unless save=False) with their class order: out (default cfg.run_dir / "prototypes.npy") and the
+    sidecar out.json (class names, seed, method, assignment, stats); stats["path"] names the .npy and
+    stats["class_names_sha256"] fingerprints the order either way.
+    """
     k, d = len(class_names), arch_embed_dim(cfg.model.arch)
-    protos = uniform_prototypes(k, d, seed=cfg.run.seed)  # [K, d]
+    protos, info = build_prototypes(k, d, seed=cfg.run.seed)  # [K, d]
     emb = class_text_embeddings(cfg, class_names) if cfg.loss.prototype_assign == "text" else None
     protos = assign_prototypes(protos, emb, method=cfg.loss.prototype_assign, seed=cfg.run.seed)
-    stats = {k_: float(v) for k_, v in prototype_stats(protos).items()}
-    stats.update(num_classes=k, dim=d, assign=cfg.loss.prototype_assign)
-    return protos.numpy().astype(np.float32), stats
+    stats: dict[str, Any] = {k_: float(v) for k_, v in prototype_stats(protos).items()}
+    stats.update(
+        num_classes=k,
+        dim=d,
+        assign=cfg.loss.prototype_assign,
+        method=info["method"],
+        seconds=round(float(info["seconds"]), 3),
+        class_names_sha256=class_order_digest(class_names),
+    )
+    arr = protos.numpy().astype(np.float32)
+    if save:
+        path = Path(out) if out is not None else cfg.run_dir / "prototypes.npy"
+        meta = {"seed": cfg.run.seed, "arch": cfg.model.arch, "build": _jsonable(info), "stats": dict(stats)}
+        save_prototypes(path, arr, class_names=class_names, meta=meta)
+        stats["path"] = str(path)
+    return arr, stats
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in info.items()
+    }

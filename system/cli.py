@@ -70,27 +70,122 @@ def _pipeline(module: str) -> Callable[[list[str]], int]:
 def _prototypes(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="uniproto prototypes",
-        description="Uniform class prototypes on the sphere; last line is JSON stats.",
+        description="Uniform class prototypes on the sphere (simplex ETF for K <= d+1, orthogonal simplices for "
+        "K <= 2d, else optimised); the last line printed is one JSON object with their geometry.",
     )
-    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--num-classes", type=int, help="K (default: the number of --class-names)")
     p.add_argument("--dim", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (only used when K > d+1)")
-    p.add_argument("--out", help="write the [K, d] float32 array here (.npy); row c is class c's prototype")
+    p.add_argument("--method", default="auto", choices=["auto", "simplex_etf", "orthoplex", "optimized"])
+    p.add_argument(
+        "--init", default="auto", choices=["auto", "gaussian", "code"], help="optimiser start (K > 2d)"
+    )
+    p.add_argument("--steps", type=int, help="optimiser steps (default: a budget from K and d)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop the optimiser after this long (then timing decides the result)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="torch device for the optimiser; auto: cuda when available"
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--class-names", help="text file, one class name per line: row c of --out is line c's class"
+    )
+    p.add_argument(
+        "--class-embeddings",
+        help="[K, d] .npy of class text embeddings, in class order: prototypes assigned to classes by linear "
+        "assignment (max total cosine); without it row c is simply prototype c",
+    )
+    p.add_argument(
+        "--out", help="write the [K, d] float32 array here (.npy) and the class order beside it (.json)"
+    )
     a = p.parse_args(argv)
     import numpy as np
+    import torch
 
-    from system.prototypes import prototype_method, prototype_stats, uniform_prototypes
+    from system.prototypes import assign_prototypes, build_prototypes, prototype_stats, save_prototypes
+
+    names = None
+    if a.class_names:
+        with open(a.class_names, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    k = a.num_classes if a.num_classes is not None else (len(names) if names else None)
+    if k is None:
+        p.error("give --num-classes or --class-names")
+    if names is not None and len(names) != k:
+        p.error(f"--class-names has {len(names)} names, --num-classes is {k}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    opt = {k_: v for k_, v in (("steps", a.steps), ("max_seconds", a.max_seconds)) if v is not None}
+    if a.method in ("auto", "optimized") and (a.method == "optimized" or k > 2 * a.dim):
+        opt.update(init=a.init, device=device)
+        method = "optimized"
+    else:  # an exact construction: the optimiser options do not apply
+        method, opt = a.method, {}
 
     t0 = time.perf_counter()
-    protos = uniform_prototypes(a.num_classes, a.dim, seed=a.seed, steps=a.steps)  # [K, d]
+    protos, info = build_prototypes(k, a.dim, seed=a.seed, method=method, **opt)  # [K, d]
+    if a.class_embeddings:
+        emb = torch.from_numpy(np.load(a.class_embeddings)).float()
+        protos = assign_prototypes(protos, emb, method="text")
     seconds = time.perf_counter() - t0
-    stats = {k: float(v) for k, v in prototype_stats(protos).items()}
-    method = prototype_method(a.num_classes, a.dim)
+    stats = {k_: float(v) for k_, v in prototype_stats(protos).items()}
+    keys = ("method", "init", "steps", "stopped_by", "device", "optimized_max_cos", "code_max_cos")
+    result = {
+        **stats,
+        "seconds": round(seconds, 3),
+        "num_classes": k,
+        "dim": a.dim,
+        "seed": a.seed,
+        **{k_: info[k_] for k_ in keys if k_ in info},
+        "assign": "text" if a.class_embeddings else "none",
+        "out": a.out,
+    }
     if a.out:
-        np.save(a.out, protos.numpy().astype(np.float32))
-    print(json.dumps({**stats, "seconds": round(seconds, 3), "method": method, "out": a.out}))
+        meta = {k_: v for k_, v in result.items() if k_ != "out"}
+        save_prototypes(a.out, protos, class_names=names, meta=meta)
+    print(json.dumps(result))
     return 0
+
+
+def _export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="uniproto export",
+        description="A stage-1 checkpoint as one fp32 safetensors file; last line is JSON.",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint dir (model.pt), or a run dir with stage1.json"
+    )
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    from system.export import export_safetensors
+
+    try:
+        summary = export_safetensors(a.checkpoint, a.out, a.overwrite)
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"uniproto export: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+def _submit(argv: list[str]) -> int:
+    from system.submit import main as submit_main
+
+    return submit_main(argv)
+
+
+def _benchmark(argv: list[str]) -> int:
+    if not argv or argv[0] != "train":
+        print("usage: uniproto benchmark train [--shards SPEC] [--json] (see --help)", file=sys.stderr)
+        return 2
+    from system.bench_train import main as bench_main
+
+    return bench_main(argv[1:])
 
 
 def _models(argv: list[str]) -> int:
@@ -103,10 +198,23 @@ def _models(argv: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "make-demo-data": (_make_demo_data, "render the embedded long-tailed image-text dataset"),
     "run": (_pipeline("run"), "the whole pipeline: text filter, stage 1 + stage 2 sweep, test report"),
+    "sweep": (
+        _pipeline("sweep"),
+        "a Ray Tune sweep (--space, --samples; ASHA, Optuna), resumable; best.yaml out",
+    ),
     "pretrain": (_pipeline("pretrain"), "stage 1 alone (Ray Data + Ray Train + DeepSpeed)"),
     "finetune": (_pipeline("finetune"), "stage 2 + evaluation from a stage-1 checkpoint"),
-    "prototypes": (_prototypes, "uniform class prototypes (simplex ETF or optimised) with their geometry"),
+    "submit": (
+        _submit,
+        "run a stage as a Ray job on a cluster (--follow; status/logs/stop/list ID), checked before it leaves",
+    ),
+    "prototypes": (
+        _prototypes,
+        "uniform class prototypes (simplex ETF, orthogonal simplices, or optimised) with their geometry",
+    ),
+    "export": (_export, "a stage-1 checkpoint's weights as one fp32 safetensors file"),
     "models": (_models, "list open_clip architectures (ours included)"),
+    "benchmark": (_benchmark, "benchmark train: our stage 1 vs open_clip_train and a bare torch loop"),
 }
 
 

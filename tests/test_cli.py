@@ -62,8 +62,8 @@ def test_prototypes_command_etf_and_optimised(tmp_path, capsys):
     p = np.load(out)
     assert p.shape == (10, 16) and np.allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-6)
 
-    # K=6 in 3-D (> d+1): the optimiser should find the octahedron, whose max cosine is 0.
+    # K=6 in 3-D (d+1 < K <= 2d): built exactly as the octahedron (cross-polytope), whose max cosine is 0.
     assert main(["prototypes", "--num-classes", "6", "--dim", "3", "--steps", "600"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert stats["method"] == "optimized"
+    assert stats["method"] == "orthoplex"
     assert abs(stats["max_cos"]) < 5e-3 and stats["seconds"] >= 0

@@ -104,7 +104,9 @@ def test_is_config_key():
 
 
 def test_worker_env_from_set_and_secret_names_refused():
-    cfg = load_config(None, ["train.worker_env.NCCL_SOCKET_IFNAME=eth0", "train.worker_env.OMP_NUM_THREADS=2"])
+    cfg = load_config(
+        None, ["train.worker_env.NCCL_SOCKET_IFNAME=eth0", "train.worker_env.OMP_NUM_THREADS=2"]
+    )
     assert cfg.train.worker_env == {"NCCL_SOCKET_IFNAME": "eth0", "OMP_NUM_THREADS": 2}
     for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "WANDB_API_KEY"):
         with pytest.raises(ConfigError, match=rf"train\.worker_env\.{name}: looks like a secret"):
