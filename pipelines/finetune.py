@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from pipelines.common import parse_args, prepare_run
+from system.export import MODEL_FILE, find_checkpoint
 from system.finetune import shot_accuracy_at
 from system.report import accuracy_table
 
@@ -26,10 +26,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ctx = prepare_run(args, need_prototypes=False)
     cfg = ctx.cfg
-    ckpt = Path(args.checkpoint or json.loads((ctx.run_dir / "stage1.json").read_text())["checkpoint"])
-    weights = ckpt / "model.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"--checkpoint: no model.pt in {ckpt}")
+    weights = find_checkpoint(args.checkpoint or ctx.run_dir) / MODEL_FILE  # a dir, or the run's stage1.json
     from system.ray_cluster import init_ray
     from system.ray_sweep import load_branch_logits, run_stage2
 

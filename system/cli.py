@@ -225,8 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
         print("usage: uniproto <command> [options]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    return exit_2_on_user_errors(COMMANDS[argv[0]][0], argv[1:])
+
+
+def exit_2_on_user_errors(fn: Callable[..., int], *args) -> int:
+    """Run a command; a refused config or dataset prints one line naming the key or file and exits 2."""
     try:
-        return COMMANDS[argv[0]][0](argv[1:])
+        return fn(*args)
     except ConfigError as e:
         print(f"uniproto: config error: {e}", file=sys.stderr)
         return 2

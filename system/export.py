@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-MODEL_FILE = "model.pt"  # written by every stage-1 checkpoint (ray_pretrain.MODEL_FILE)
+# A stage-1 checkpoint directory holds these beside DeepSpeed's files (written by ray_pretrain).
+MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 
 

@@ -25,14 +25,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.ds_config import deepspeed_config, warmup_cosine
+from system.export import META_FILE, MODEL_FILE  # the checkpoint layout, shared with export
 from system.heads import leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss, gather_features, total_loss
 from system.models import create_clip, preprocess_for
 from system.ray_data import configure_data_context, train_dataset, val_probe
 from system.ray_monitor import TrainMonitor
-
-MODEL_FILE = "model.pt"
-META_FILE = "meta.json"
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

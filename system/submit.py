@@ -48,7 +48,6 @@ from urllib.parse import urlsplit
 import yaml
 
 from system.config import Config, ConfigError, load_config
-from system.data.dataset_dir import DatasetError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = Path("cluster") / "runtime_env.yaml"
@@ -225,6 +224,11 @@ def _remote_path(key: str, value: str, why: str) -> str:
     return value
 
 
+def _place(key: str, value: str, local: bool, cwd: Path, must_exist: bool, where: str) -> str:
+    """Absolute for a local cluster (resolved here), refused unless absolute for a remote one."""
+    return _local_path(key, value, cwd, must_exist) if local else _remote_path(key, value, where)
+
+
 def _check_storage_url(key: str, value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in STORAGE_SCHEMES:
@@ -266,28 +270,23 @@ def cluster_path_overrides(
             f"data.root: the dataset reader takes a filesystem path (on clusters a mount every node shares), "
             f"not a URL: {root!r}"
         )
-    if local:
-        out["data.root"] = _local_path("data.root", root, cwd, must_exist=True)
-    else:
-        out["data.root"] = _remote_path(
-            "data.root", root, "on storage every node mounts (e.g. /mnt/data/...)"
+    out["data.root"] = _place(
+        "data.root", root, local, cwd, True, "on storage every node mounts (e.g. /mnt/data/...)"
+    )
+    if not local and check_data and not Path(root).exists():
+        raise ConfigError(
+            f"data.root: {root!r} is not visible on this machine, so its manifest and shards cannot be checked "
+            "before submission; mount it here, or pass --no-local-data-check (the job then checks it on the "
+            "head node before Ray starts)"
         )
-        if not Path(root).exists() and check_data:
-            raise ConfigError(
-                f"data.root: {root!r} is not visible on this machine, so its manifest and shards cannot be checked "
-                "before submission; mount it here, or pass --no-local-data-check (the job then checks it on the "
-                "head node before Ray starts)"
-            )
 
     out_dir = cfg.run.output_dir
     if _is_url(out_dir):
         raise ConfigError(
             f"run.output_dir: must be a filesystem path (reports are written with plain file IO): {out_dir!r}"
         )
-    out["run.output_dir"] = (
-        _local_path("run.output_dir", out_dir, cwd, must_exist=False)
-        if local
-        else _remote_path("run.output_dir", out_dir, "on a shared filesystem (e.g. /mnt/shared/runs)")
+    out["run.output_dir"] = _place(
+        "run.output_dir", out_dir, local, cwd, False, "on a shared filesystem (e.g. /mnt/shared/runs)"
     )
 
     storage = cfg.ray.storage_path
@@ -300,10 +299,8 @@ def cluster_path_overrides(
     elif _is_url(storage):
         _check_storage_url("ray.storage_path", storage)
     else:
-        out["ray.storage_path"] = (
-            _local_path("ray.storage_path", storage, cwd, must_exist=False)
-            if local
-            else _remote_path("ray.storage_path", storage, "on a shared filesystem, or an s3:// / gs:// URL")
+        out["ray.storage_path"] = _place(
+            "ray.storage_path", storage, local, cwd, False, "on a shared filesystem, or an s3:// / gs:// URL"
         )
 
     space = cfg.sweep.space
@@ -328,12 +325,9 @@ def cluster_path_overrides(
             raise ConfigError(
                 f"model.pretrained: a local checkpoint file or an open_clip tag, not a URL: {pretrained!r}"
             )
-        if local:
-            out["model.pretrained"] = _local_path("model.pretrained", pretrained, cwd, must_exist=True)
-        else:
-            out["model.pretrained"] = _remote_path(
-                "model.pretrained", pretrained, "on storage every node mounts"
-            )
+        out["model.pretrained"] = _place(
+            "model.pretrained", pretrained, local, cwd, True, "on storage every node mounts"
+        )
     return out
 
 
@@ -833,19 +827,15 @@ def _submit(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from system.cli import exit_2_on_user_errors
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in {"status", "logs", "stop", "list"}:
-            return _job_command(argv[0], argv[1:])
-        return _submit(argv)
+            return exit_2_on_user_errors(_job_command, argv[0], argv[1:])
+        return exit_2_on_user_errors(_submit, argv)
     except SubmitError as e:
         print(f"uniproto: submit: {e}", file=sys.stderr)
-        return 2
-    except ConfigError as e:
-        print(f"uniproto: config error: {e}", file=sys.stderr)
-        return 2
-    except DatasetError as e:
-        print(f"uniproto: dataset error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
