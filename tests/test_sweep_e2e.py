@@ -117,12 +117,13 @@ def test_killed_sweep_resumes(tiny_dataset, tmp_path):
         start_new_session=True,  # its own process group: the kill takes its local Ray with it
     )
     try:
-        # Trials run one at a time: once the second trial's Train run has written a checkpoint, the first
+        # Trials run one at a time: once the second trial's Train run has written checkpoints, the first
         # trial has finished. Kill the driver then.
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None:
             runs = _stage1_runs(storage)
-            if len(runs) == 2 and runs[1][1]:
+            # two on disk: the first is registered (a checkpoint is on disk before Ray registers it)
+            if len(runs) == 2 and len(runs[1][1]) >= 2:
                 break
             time.sleep(0.5)
         assert proc.poll() is None, (
