@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.uniproto-installed
 DEMO_DATA := runs/datasets/demo
+ABLATE_DATA := runs/datasets/demo-crowded
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo ablate test lint format clean
 
 setup: $(STAMP)
 
@@ -18,6 +19,11 @@ $(STAMP): pyproject.toml cluster/constraints.txt
 demo: setup
 	@test -f $(DEMO_DATA)/manifest.json || $(VENV)/bin/uniproto make-demo-data --out $(DEMO_DATA)
 	$(VENV)/bin/uniproto run --config pipelines/configs/demo.yaml
+
+# The ablation on the crowded-tail demo: 5 stage-1 recipes x 3 seeds (about 25 minutes on 2 cores).
+ablate: setup
+	@test -f $(ABLATE_DATA)/manifest.json || $(VENV)/bin/uniproto make-demo-data --profile crowded --out $(ABLATE_DATA)
+	$(VENV)/bin/uniproto ablate --config pipelines/configs/ablate.yaml
 
 test: setup
 	$(PY) -m pytest

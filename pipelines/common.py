@@ -111,9 +111,10 @@ def prepare_run(args: argparse.Namespace, need_prototypes: bool = True) -> RunCo
     ctx = RunContext(cfg, manifest, run_dir, t_start, StageTimer(), space=space)
 
     from system.text.prepare import prepare_text_pools
+    from system.text.scorers import scorer_options
 
     with ctx.timer("text filter"):
-        ctx.pools, ctx.text_report = prepare_text_pools(cfg.data, manifest)
+        ctx.pools, ctx.text_report = prepare_text_pools(cfg.data, manifest, scorer_options(cfg))
         q = ctx.text_report.get("quality")
         extra = (
             f", boilerplate-drop precision {q['precision']:.3f} recall {q['recall']:.3f}"

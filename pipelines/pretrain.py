@@ -18,18 +18,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ctx = prepare_run(parse_args("uniproto pretrain", __doc__, argv))
     from system.ray_cluster import init_ray
     from system.ray_pretrain import run_stage1
+    from system.ray_reader import data_line, ledger_summary, new_ledger
 
     with ctx.timer("ray"):
         print(f"[uniproto] {init_ray(ctx.cfg)}", flush=True)
+    ledger = new_ledger()
     with ctx.timer("stage 1"):
-        result = run_stage1(ctx.cfg, ctx.shared(), name=f"{ctx.cfg.run.name}-stage1")
+        result = run_stage1(ctx.cfg, ctx.shared(), name=f"{ctx.cfg.run.name}-stage1", ledger=ledger)
     if result.error:
         raise RuntimeError(f"stage 1 failed: {result.error}")
+    # What the train stream read to the end, over all epochs: good samples, skips by reason, failed shards.
+    data = ledger_summary(ledger)
+    print(f"[uniproto] stage-1 data: {data_line(data)}", flush=True)
     out = {
         "checkpoint": result.checkpoint.path,
         "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
         "stage_seconds": ctx.timer.seconds,
         "prototypes": ctx.prototype_stats,
+        "data": data,
     }
     out["summary"] = stage1_summary(out["metrics"], ctx.timer.seconds["stage 1"])
     (ctx.run_dir / "stage1.json").write_text(json.dumps(out, indent=2))

@@ -167,6 +167,8 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
         "text_filter_per_class": ctx.text_report["per_class"],
         "prototypes": ctx.prototype_stats,
         "dataset": ctx.dataset_summary(),
+        # per split: good samples, skipped by reason, failed shards (stage 2 reads each split once)
+        "data": best.get("data"),
         "stage_seconds": dict(timer.seconds),
         "config": cfg.to_dict(),
     }

@@ -28,6 +28,12 @@ def _make_demo_data(argv: list[str]) -> int:
     p.add_argument(
         "--samples-per-shard", type=int, default=100, help="small shards: Ray reads one shard per task"
     )
+    p.add_argument(
+        "--profile",
+        choices=["balanced", "crowded"],
+        default="balanced",
+        help="crowded: a fine-grained tail (families of classes differing only in pattern), for the ablation",
+    )
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     from system.data.demo_data import make_demo_dataset
@@ -44,6 +50,7 @@ def _make_demo_data(argv: list[str]) -> int:
         seed=a.seed,
         overwrite=a.overwrite,
         samples_per_shard=a.samples_per_shard,
+        profile=a.profile,
     )
     summary = {s: i.num_samples for s, i in m.splits.items()}
     print(
@@ -179,13 +186,35 @@ def _submit(argv: list[str]) -> int:
     return submit_main(argv)
 
 
-def _benchmark(argv: list[str]) -> int:
-    if not argv or argv[0] != "train":
-        print("usage: uniproto benchmark train [--shards SPEC] [--json] (see --help)", file=sys.stderr)
-        return 2
-    from system.bench_train import main as bench_main
+# `uniproto benchmark <what>`: module of each benchmark's main (imported only when run).
+BENCHMARKS = {"train": "system.bench_train", "data": "system.bench_data"}
 
-    return bench_main(argv[1:])
+
+def _benchmark(argv: list[str]) -> int:
+    if not argv or argv[0] not in BENCHMARKS:
+        print("usage: uniproto benchmark {train,data} [--shards SPEC] [--json] (see --help)", file=sys.stderr)
+        return 2
+    import importlib
+
+    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+
+
+def _build_shards(argv: list[str]) -> int:
+    from system.data.build_shards import main as build_main
+
+    return build_main(argv)
+
+
+def _filter_text(argv: list[str]) -> int:
+    from system.text.filter_eval import main as filter_main
+
+    return filter_main(argv)
+
+
+def _check_shards(argv: list[str]) -> int:
+    from system.check_shards import main as check_main
+
+    return check_main(argv)
 
 
 def _models(argv: list[str]) -> int:
@@ -197,10 +226,18 @@ def _models(argv: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "make-demo-data": (_make_demo_data, "render the embedded long-tailed image-text dataset"),
+    "build-shards": (
+        _build_shards,
+        "your images (split files, class folders, img2dataset web captions) -> a dataset directory",
+    ),
     "run": (_pipeline("run"), "the whole pipeline: text filter, stage 1 + stage 2 sweep, test report"),
     "sweep": (
         _pipeline("sweep"),
         "a Ray Tune sweep (--space, --samples; ASHA, Optuna), resumable; best.yaml out",
+    ),
+    "ablate": (
+        _pipeline("ablate"),
+        "what each component buys: baseline .. full + a no-text control, over seeds (mean ± std)",
     ),
     "pretrain": (_pipeline("pretrain"), "stage 1 alone (Ray Data + Ray Train + DeepSpeed)"),
     "finetune": (_pipeline("finetune"), "stage 2 + evaluation from a stage-1 checkpoint"),
@@ -213,8 +250,20 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         "uniform class prototypes (simplex ETF, orthogonal simplices, or optimised) with their geometry",
     ),
     "export": (_export, "a stage-1 checkpoint's weights as one fp32 safetensors file"),
+    "filter-text": (
+        _filter_text,
+        "the text filter alone on a dataset's class corpus (--scorer): per-class report, boilerplate P/R",
+    ),
     "models": (_models, "list open_clip architectures (ours included)"),
-    "benchmark": (_benchmark, "benchmark train: our stage 1 vs open_clip_train and a bare torch loop"),
+    "check-shards": (
+        _check_shards,
+        "stream shards (dir, brace spec, s3://, gs://) through read + decode; counts bad samples/shards as JSON",
+    ),
+    "benchmark": (
+        _benchmark,
+        "benchmark train: our stage 1 vs open_clip_train and a bare torch loop; "
+        "benchmark data: our Ray Data input pipeline vs webdataset + DataLoader",
+    ),
 }
 
 

@@ -45,11 +45,35 @@ class DataSection:
     text_scorer: str = "lexical"  # relevance scorer of the text-filter stage (system.text.filter.SCORERS)
     filter_threshold: float = 0.0  # sentences scoring below are dropped
     filter_top_k: int | None = knob(None, lo=1)  # keep at most this many sentences per class
+    # Model scorers' inputs (local paths only, nothing downloaded): retrieval needs the trained model (a
+    # stage-1 checkpoint, run dir or exported .safetensors); clip_text uses it instead of model.pretrained.
+    text_scorer_model: str | None = None
+    # retrieval: class image centroids, an .npy [K, d]; None computes them from the train split of data.root
+    text_scorer_centroids: str | None = None
     attribute_prompts: bool = True  # add "a photo of a {name}, which has {attribute}." prompts
     caption_prob: float = knob(0.5, lo=0.0, hi=1.0)  # chance a row keeps its own (relevant) caption
     filter_actors: int = knob(1, lo=1)  # actor-pool size of the text-filter stage
     decode_batch_size: int = knob(128, lo=1)
+    # Logical CPUs Ray reserves per read+decode task and per text-filter actor. A decode task plus the actor fit
+    # in one CPU (1 + 0.5 never did: one core deadlocked, two ran one decode task), and N CPUs run about N decode
+    # tasks beside the actor, which does ~15% of a row's work (`uniproto benchmark data`).
+    decode_cpus: float = knob(0.75, gt=0.0)
+    filter_actor_cpus: float = knob(0.25, gt=0.0)
     shuffle_buffer: int = knob(512, lo=0)  # local shuffle buffer on each train worker (rows)
+    # bad samples (corrupt image, missing text/label, unknown label, duplicate or scattered tar members) and bad
+    # shards (missing, unreadable, not a tar, truncated, empty) are skipped and counted into the reports; strict:
+    # the first one stops the run with an error naming the shard and key
+    strict: bool = False
+    # Train-stream augmentation in the decode stage (val/test/features stay a plain resize): a random-resized
+    # crop with area fraction in [crop_scale_min, crop_scale_max] and aspect ratio in [crop_ratio_min,
+    # crop_ratio_max] (log-uniform), flipped left-right with probability flip_prob. Seeded from run.seed per row.
+    # Off by default (the demo's figures were measured without it); the scale default is open_clip's (0.9, 1).
+    augment: bool = False
+    crop_scale_min: float = knob(0.9, gt=0.0, hi=1.0)
+    crop_scale_max: float = knob(1.0, gt=0.0, hi=1.0)
+    crop_ratio_min: float = knob(3 / 4, gt=0.0)
+    crop_ratio_max: float = knob(4 / 3, gt=0.0)
+    flip_prob: float = knob(0.5, lo=0.0, hi=1.0)
 
 
 @dataclass
@@ -68,6 +92,11 @@ class LossSection:
     local_loss: bool = False  # rows = local batch, columns = global batch (memory local x global)
     gather_with_grad: bool = True
     prototype_assign: Literal["random", "text"] = "random"
+    # the text side of the prototype loss; "image" (with contrastive_weight 0) is the ablation's no-text control
+    proto_modalities: Literal["image_text", "image"] = "image_text"
+    # plain cross-entropy on the images (cosine softmax over learnable class weights, temperature
+    # proto_temperature): the ablation's baseline. Not with ZeRO-3 (the class weights live outside forward).
+    ce_weight: float = knob(0.0, lo=0.0)
 
 
 @dataclass
@@ -276,6 +305,11 @@ def validate(cfg: Any, prefix: str = "") -> None:
 
 
 def _validate_cross(cfg: Config) -> None:
+    for lo_key, hi_key in (("crop_scale_min", "crop_scale_max"), ("crop_ratio_min", "crop_ratio_max")):
+        if getattr(cfg.data, lo_key) > getattr(cfg.data, hi_key):
+            raise ConfigError(
+                f"data.{lo_key}: must be <= data.{hi_key} ({getattr(cfg.data, hi_key)}), got {getattr(cfg.data, lo_key)}"
+            )
     if cfg.eval.few_threshold > cfg.eval.many_threshold:
         raise ConfigError(
             f"eval.few_threshold: must be <= eval.many_threshold ({cfg.eval.many_threshold}), "
@@ -283,6 +317,15 @@ def _validate_cross(cfg: Config) -> None:
         )
     if cfg.loss.distill_weight > 0 and not cfg.model.pretrained:
         raise ConfigError("loss.distill_weight: distillation needs a teacher, set model.pretrained")
+    if cfg.loss.ce_weight > 0 and cfg.train.zero_stage == 3:
+        raise ConfigError("loss.ce_weight: the cross-entropy baseline needs train.zero_stage <= 2")
+    if (
+        cfg.loss.contrastive_weight + cfg.loss.proto_weight + cfg.loss.ce_weight + cfg.loss.distill_weight
+        == 0
+    ):
+        raise ConfigError(
+            "loss: every loss weight is zero (contrastive, proto, ce, distill); nothing to train"
+        )
     if cfg.train.precision == "bf16" and not cfg.train.use_gpu:
         # bf16 autocast works on CPU, but DeepSpeed's bf16 optimizer path is only tested on GPU here.
         raise ConfigError("train.precision: bf16 needs train.use_gpu=true; use fp32 on CPU")
@@ -313,6 +356,11 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError(
             f"data.text_scorer: unknown scorer {cfg.data.text_scorer!r} (known: {sorted(SCORERS)})"
         )
+    for key in ("text_scorer_model", "text_scorer_centroids"):
+        # local files only: nothing is downloaded at run time, and a URL could carry credentials into the
+        # config that every run directory keeps
+        if "://" in str(getattr(cfg.data, key) or ""):
+            raise ConfigError(f"data.{key}: must be a local path (no URLs), got {getattr(cfg.data, key)!r}")
 
 
 _SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE_KEY)", re.I)

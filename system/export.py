@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from system.models import encoder_state
+
 # A stage-1 checkpoint directory holds these beside DeepSpeed's files (written by ray_pretrain).
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -44,7 +46,7 @@ def export_safetensors(checkpoint: str | Path, out: str | Path, overwrite: bool 
     state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
     meta = json.loads((ckpt / META_FILE).read_text()) if (ckpt / META_FILE).is_file() else {}
     # clone: tied weights share storage, which safetensors refuses; fp32 whatever the training precision was
-    tensors = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in encoder_state(state).items()}
     info = {k: str(v) for k, v in meta.items()} | {"format": "uniproto-clip", "dtype": "float32"}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=info)

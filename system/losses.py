@@ -83,12 +83,33 @@ def classwise_contrastive_loss(
 
 
 def prototype_loss(
-    img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, temperature: float
+    img: torch.Tensor,
+    txt: torch.Tensor | None,
+    labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
-    """L_proto = 1/2 [CE(f P^T / tau, y) + CE(g P^T / tau, y)]: pull both modalities to their fixed prototype."""
+    """L_proto = 1/2 [CE(f P^T / tau, y) + CE(g P^T / tau, y)]: pull both modalities to their fixed prototype.
+
+    With `txt=None` only the image term: CE(f P^T / tau, y) (the no-text control of the ablation).
+    """
     logits_img = img @ prototypes.T / temperature  # [b, K]
+    if txt is None:
+        return F.cross_entropy(logits_img, labels)
     logits_txt = txt @ prototypes.T / temperature  # [b, K]
     return 0.5 * (F.cross_entropy(logits_img, labels) + F.cross_entropy(logits_txt, labels))
+
+
+def cosine_ce_loss(
+    img: torch.Tensor, class_weights: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Plain cross-entropy of a cosine classifier: CE(f normalize(W)^T / tau, y) with learnable W [K, d].
+
+    The same form as the prototype loss's image term with the prototypes learned instead of fixed, so the
+    baseline differs from the prototype variant in exactly one thing.
+    """
+    logits = img @ F.normalize(class_weights, dim=1).T / temperature  # [b, K]
+    return F.cross_entropy(logits, labels)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -99,7 +120,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 class Stage1Loss(nn.Module):
-    """Weighted stage-1 objective. forward() returns {`contrastive_loss`, `proto_loss`[, `distill_loss`]}.
+    """Weighted stage-1 objective. forward() returns {`contrastive_loss`, `proto_loss`[, `ce_loss`, `distill_loss`]}
+    (a term whose weight is zero is absent).
 
     Keys: each value is already multiplied by its weight; the step sums the `*_loss` entries.
     """
@@ -114,6 +136,8 @@ class Stage1Loss(nn.Module):
         label_smoothing: float = 0.1,
         local_loss: bool = False,
         gather_with_grad: bool = True,
+        proto_modalities: str = "image_text",
+        ce_weight: float = 0.0,
     ):
         super().__init__()
         if prototypes is not None:
@@ -127,6 +151,8 @@ class Stage1Loss(nn.Module):
         self.label_smoothing = label_smoothing
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
+        self.proto_text = proto_modalities == "image_text"
+        self.ce_weight = ce_weight
 
     def forward(
         self,
@@ -135,7 +161,9 @@ class Stage1Loss(nn.Module):
         labels: torch.Tensor,
         logit_scale: torch.Tensor,
         teacher_logits: torch.Tensor | None = None,
+        class_weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """`class_weights` [K, d]: the learnable classifier of the cross-entropy term (ce_weight > 0)."""
         out: dict[str, torch.Tensor] = {}
         img_all = gather_features(image_features, self.gather_with_grad)  # [B, d]
         txt_all = gather_features(text_features, self.gather_with_grad)  # [B, d]
@@ -150,7 +178,17 @@ class Stage1Loss(nn.Module):
             )
         if self.proto_weight > 0 and self.prototypes is not None:
             out["proto_loss"] = self.proto_weight * prototype_loss(
-                image_features, text_features, labels, self.prototypes, self.proto_temperature
+                image_features,
+                text_features if self.proto_text else None,
+                labels,
+                self.prototypes,
+                self.proto_temperature,
+            )
+        if self.ce_weight > 0:
+            if class_weights is None:
+                raise ValueError("ce_weight > 0 needs the classifier's class_weights [K, d]")
+            out["ce_loss"] = self.ce_weight * cosine_ce_loss(
+                image_features, class_weights, labels, self.proto_temperature
             )
         if self.distill_weight > 0 and teacher_logits is not None:
             student = logit_scale * rows[0] @ txt_all.T  # [b or B, B]

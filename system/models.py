@@ -96,6 +96,22 @@ def embed_dim(model: nn.Module) -> int:
     return int(model.visual.output_dim)
 
 
+# The stage-1 cross-entropy baseline trains class weights as a submodule of the CLIP model (so DeepSpeed
+# optimises them with the encoder); they are a training-time head, never part of the exported encoder.
+CLASS_HEAD = "class_head"
+
+
+def add_class_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Attach learnable class weights `model.class_head.weight` [K, d] for the cross-entropy baseline."""
+    model.add_module(CLASS_HEAD, nn.Linear(embed_dim(model), num_classes, bias=False))
+    return model
+
+
+def encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved stage-1 state without training-time heads: what the image and text encoders need."""
+    return {k: v for k, v in state.items() if not k.startswith(CLASS_HEAD + ".")}
+
+
 def load_state(model: nn.Module, path: str | Path) -> nn.Module:
     """Load weights written by the pretraining stage or `uniproto export` (never unpickles objects)."""
     if str(path).endswith(".safetensors"):
@@ -104,5 +120,5 @@ def load_state(model: nn.Module, path: str | Path) -> nn.Module:
         state = load_file(str(path))
     else:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(encoder_state(state))
     return model

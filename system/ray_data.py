@@ -1,7 +1,9 @@
 """Ray Data plane: WebDataset shards -> decode/resize/resample -> text-filter actor pool -> tokenized batches.
 
-Raw bytes are read with `decoder=None` and decoded in `map_batches` with our own error handling: Ray's default
-decoder decodes inside the read task, skips `.jpeg`/`.webp`, and fails a whole shard on one corrupt JPEG.
+Raw bytes are read by our tolerant tar reader (system.ray_reader: one task per shard, bad samples and bad shards
+counted and skipped, local paths or object-store URLs) and decoded in `map_batches` with our own error handling:
+Ray's default decoder decodes inside the read task, skips `.jpeg`/`.webp`, and fails a whole shard on one
+corrupt JPEG. Skip counts go to an optional ledger actor (`ledger=`), which the stages write into their reports.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from system.config import Config
+from system.data.augment import Augment
 from system.data.dataset_dir import Manifest
-from system.data.decode import decode_batch, resample_factors
+from system.data.decode import resample_factors
+from system.ray_reader import decode_and_record, read_shards
 from system.text.pairing import TextPairer
+from system.text.scorers import scorer_options
 
 
 def configure_data_context(cfg: Config) -> None:
@@ -26,14 +31,26 @@ def configure_data_context(cfg: Config) -> None:
     ctx.enable_progress_bars = cfg.ray.data_progress_bars
 
 
-def read_split(paths: Sequence[str]) -> ray.data.Dataset:
-    """Raw rows (`__key__`, `jpg`, `txt`, `json` bytes) of a list of tar shards, one read task per shard."""
-    return ray.data.read_webdataset(
-        list(paths),
-        decoder=None,
-        file_extensions=["tar"],  # never hand img2dataset's .parquet/_stats.json side files to tarfile
-        override_num_blocks=len(paths),
+def train_augment(cfg: Config) -> Augment | None:
+    """The train stream's augmentation from `data.*`, seeded with the run seed; None when data.augment is off."""
+    d = cfg.data
+    if not d.augment:
+        return None
+    return Augment(
+        scale=(d.crop_scale_min, d.crop_scale_max),
+        ratio=(d.crop_ratio_min, d.crop_ratio_max),
+        flip_prob=d.flip_prob,
+        seed=cfg.run.seed,
     )
+
+
+def read_split(
+    paths: Sequence[str], *, filesystem=None, ledger=None, strict: bool = False, num_cpus: float | None = None
+) -> ray.data.Dataset:
+    """Raw rows (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json` bytes) of a list of tar shards (local
+    paths or s3:// / gs:// URLs; `filesystem` defaults to the first path's), one read task per shard.
+    Faulty samples and shards are skipped and recorded in `ledger` (or raise DataFault with `strict`)."""
+    return read_shards(list(paths), filesystem, ledger, strict, num_cpus=num_cpus)
 
 
 def decoded_split(
@@ -42,23 +59,39 @@ def decoded_split(
     paths: Sequence[str],
     resample: str = "none",
     sample_fraction: float | None = None,
+    augment: bool = False,
+    *,
+    ledger=None,
+    filesystem=None,
 ) -> ray.data.Dataset:
+    """Decoded rows of `paths`; `augment` (the train stream only) applies the config's random crop + flip.
+    Skip counts (reader and decoder) go to `ledger` when given; `data.strict` raises at the first fault."""
     factors = None if resample == "none" else resample_factors(manifest.train_counts, resample)
-    raw = read_split(paths)
+    # Read tasks ask for the decode stage's CPUs, so Ray Data fuses read and decode into one task per shard
+    # (raw bytes never go through the object store).
+    raw = read_split(
+        paths, filesystem=filesystem, ledger=ledger, strict=cfg.data.strict, num_cpus=cfg.data.decode_cpus
+    )
     if sample_fraction is not None and sample_fraction < 1.0:
         # Sample raw rows before decoding: only the kept images are decoded. Seeded, so every trial of a
         # sweep sees the same subset.
         raw = raw.random_sample(sample_fraction, seed=cfg.run.seed)
     return raw.map_batches(
-        decode_batch,
+        decode_and_record,
         fn_kwargs={
+            "ledger": ledger,
+            "strict": cfg.data.strict,
             "image_size": cfg.data.image_size,
             "num_classes": manifest.num_classes,
             "repeat_factors": factors,
-            "seed": None,  # fresh draws every epoch; the expectation is what matters for resampling
+            # Seeded per row from the run seed, the shard's position in the stream (so every epoch draws
+            # anew) and the key: reproducible runs, and no two rows or epochs share a draw.
+            "seed": cfg.run.seed,
+            "augment": train_augment(cfg) if augment else None,
         },
         batch_size=cfg.data.decode_batch_size,
         batch_format="numpy",
+        num_cpus=cfg.data.decode_cpus,
     )
 
 
@@ -84,7 +117,7 @@ def epoch_shard_order(paths: Sequence[str], epochs: int, seed: int) -> list[str]
 
 
 def train_dataset(
-    cfg: Config, manifest: Manifest, paths: Sequence[str], pools: dict[int, list[str]]
+    cfg: Config, manifest: Manifest, paths: Sequence[str], pools: dict[int, list[str]], ledger=None
 ) -> ray.data.Dataset:
     """The stage-1 stream for the whole run: decoded + resampled images paired with filtered class text.
 
@@ -93,7 +126,7 @@ def train_dataset(
     pipeline, text-filter actors included, at every epoch boundary (about half of each epoch on 2 cores).
     """
     ordered = epoch_shard_order(list(paths), cfg.train.epochs, cfg.run.seed)
-    ds = decoded_split(cfg, manifest, ordered, resample=cfg.data.resample)
+    ds = decoded_split(cfg, manifest, ordered, resample=cfg.data.resample, augment=True, ledger=ledger)
     return ds.map_batches(
         TextPairer,
         fn_constructor_kwargs={
@@ -101,6 +134,7 @@ def train_dataset(
             "class_names": manifest.class_names,
             "arch": cfg.model.arch,
             "scorer": cfg.data.text_scorer,
+            "scorer_options": scorer_options(cfg),  # model scorers' paths and arch
             "threshold": cfg.data.filter_threshold,
             "caption_prob": cfg.data.caption_prob,
             "seed": cfg.run.seed,
@@ -108,7 +142,7 @@ def train_dataset(
         compute=ActorPoolStrategy(size=cfg.data.filter_actors),
         batch_size=cfg.data.decode_batch_size,
         batch_format="numpy",
-        num_cpus=0.5,
+        num_cpus=cfg.data.filter_actor_cpus,
     )
 
 
@@ -134,10 +168,10 @@ class FeatureEncoder:
 
 
 def extract_features(
-    cfg: Config, manifest: Manifest, paths: Sequence[str], weights: str
+    cfg: Config, manifest: Manifest, paths: Sequence[str], weights: str, ledger=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features [N, d] and labels [N] of a split under the stage-1 encoder (no resampling)."""
-    ds = decoded_split(cfg, manifest, paths).map_batches(
+    ds = decoded_split(cfg, manifest, paths, ledger=ledger).map_batches(
         FeatureEncoder,
         fn_constructor_kwargs={"arch": cfg.model.arch, "image_size": cfg.data.image_size, "weights": weights},
         compute=ActorPoolStrategy(size=1),

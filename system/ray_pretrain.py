@@ -28,7 +28,7 @@ from system.ds_config import deepspeed_config, warmup_cosine
 from system.export import META_FILE, MODEL_FILE  # the checkpoint layout, shared with export
 from system.heads import leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss, gather_features, total_loss
-from system.models import create_clip, preprocess_for
+from system.models import add_class_head, create_clip, preprocess_for
 from system.ray_data import configure_data_context, train_dataset, val_probe
 from system.ray_monitor import TrainMonitor
 
@@ -69,6 +69,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )  # [K, d]
 
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
+    if cfg.loss.ce_weight > 0:
+        add_class_head(model, prototypes.shape[0])
     preprocess = preprocess_for(model)
     loss_fn = Stage1Loss(
         prototypes,
@@ -79,6 +81,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         label_smoothing=cfg.loss.label_smoothing,
         local_loss=cfg.loss.local_loss,
         gather_with_grad=cfg.loss.gather_with_grad,
+        proto_modalities=cfg.loss.proto_modalities,
+        ce_weight=cfg.loss.ce_weight,
     )
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world
     steps_per_epoch = max(int(loop_config["rows_per_epoch"]) // global_batch, 1)
@@ -129,7 +133,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         out = engine(images, batch["text"])
         logit_scale = out["logit_scale"].clamp(max=100.0)  # [1]
         t_logits = teacher_logits(teacher, images, batch["text"], cfg.loss.local_loss) if teacher else None
-        terms = loss_fn(out["image_features"], out["text_features"], batch["label"], logit_scale, t_logits)
+        class_weights = engine.module.class_head.weight if cfg.loss.ce_weight > 0 else None  # [K, d]
+        terms = loss_fn(
+            out["image_features"], out["text_features"], batch["label"], logit_scale, t_logits, class_weights
+        )
         loss = total_loss(terms)
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer only at accumulation boundaries
@@ -395,11 +402,12 @@ def build_trainer(
     )
 
 
-def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list | None = None):
-    """Fit stage 1 and return the Ray Train Result (its checkpoint holds model.pt)."""
+def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list | None = None, ledger=None):
+    """Fit stage 1 and return the Ray Train Result (its checkpoint holds model.pt). With a `ledger`
+    (system.ray_reader.new_ledger), the train stream's skip counts are recorded in it."""
     configure_data_context(cfg)
     manifest: Manifest = shared["manifest"]
-    ds = train_dataset(cfg, manifest, shared["paths"]["train"], shared["pools"])
+    ds = train_dataset(cfg, manifest, shared["paths"]["train"], shared["pools"], ledger=ledger)
     probe = None
     if cfg.eval.stage1_val_samples:
         split = cfg.eval.select_split

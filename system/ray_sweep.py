@@ -34,6 +34,7 @@ from system.heads import positive_bias
 from system.ray_data import configure_data_context, extract_features
 from system.ray_monitor import EpochReports
 from system.ray_pretrain import MODEL_FILE, run_stage1
+from system.ray_reader import ledger_summary, new_ledger
 from system.spaces import Space, split_space
 
 LOGITS_FILE = "logits.npz"
@@ -49,7 +50,13 @@ def run_stage2(
     configure_data_context(cfg)
     manifest: Manifest = shared["manifest"]
     paths = shared["paths"]
-    feats = {split: extract_features(cfg, manifest, paths[split], weights) for split in paths}
+    # One ledger per split: stage 2 reads every sample of each split exactly once, so these are the run's data
+    # counts (good samples, skips by reason, failed shards) per split.
+    ledgers = {split: new_ledger() for split in paths}
+    feats = {
+        split: extract_features(cfg, manifest, paths[split], weights, ledger=ledgers[split])
+        for split in paths
+    }
     head, mu = fit_stage2(*feats["train"], manifest.num_classes, cfg.finetune, cfg.run.seed)
     sel, rep = cfg.eval.select_split, cfg.eval.report_split
     logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale) for s in (sel, rep)}
@@ -80,6 +87,7 @@ def run_stage2(
         "val_top1_head": float(curve[0]),
         "val_top1_proto": float(curve[-1]),
         "geometry_after": geometry_summary(geometry),
+        "data": {split: ledger_summary(ledger) for split, ledger in ledgers.items()},
     }
 
 
@@ -118,7 +126,7 @@ def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) 
         metrics[METRIC] = metrics["val_top1"]
         (out / TRIAL_FILE).write_text(json.dumps(metrics, default=float))
         tune.report(
-            {k: v for k, v in metrics.items() if k != "params"},
+            {k: v for k, v in metrics.items() if k not in ("params", "data")},
             checkpoint=tune.Checkpoint.from_directory(out),
         )
 

@@ -161,6 +161,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "![positive bias](positive_bias.png)",
         ]
+    if report.get("data"):
+        lines += ["", "## Data", "", data_markdown(report["data"])]
     lines += ["", "## Text filter", ""]
     tf = report.get("text_filter", {})
     if tf.get("quality"):
@@ -246,3 +248,15 @@ def plot_positive_bias(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def data_markdown(data: dict[str, Any]) -> str:
+    """Per split: good samples, samples skipped by reason, shards that failed (path and reason)."""
+    lines = ["| split | good samples | skipped | failed shards |", "|---|---|---|---|"]
+    for split, d in data.items():
+        if not d:
+            continue
+        skipped = ", ".join(f"{k} {v}" for k, v in d["skipped"].items()) or "none"
+        failed = "; ".join(f"`{f['path']}` ({f['reason']})" for f in d["failed_shards"]) or "none"
+        lines.append(f"| {split} | {d['good']} | {skipped} | {failed} |")
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from system.data.dataset_dir import iter_shard_samples, load_manifest
 from system.data.demo_data import make_demo_dataset
-from system.data.demo_render import COLOURS, SHAPES, demo_classes, render_image
+from system.data.demo_render import COLOURS, PATTERNS, SHAPES, demo_classes, render_image
 from system.data.longtail import longtail_counts
 from system.text.corpus import load_class_corpus, load_truth
 
@@ -124,3 +124,21 @@ def test_rendered_object_has_its_class_colour():
     r, g, b = pixels[cy - 2 : cy + 3, cx - 2 : cx + 3].reshape(-1, 3).mean(0)
     assert r > 150 and g < 90 and b < 90
     assert 0.45 <= pose["object_fraction"] <= 0.6 and 1 <= pose["distractors"] <= 3
+
+
+def test_crowded_profile_has_a_diverse_head_and_fine_grained_tail_families():
+    classes = demo_classes(24, seed=0, profile="crowded")
+    assert demo_classes(24, seed=0, profile="crowded") == classes  # deterministic
+    assert len({(c.shape, c.colour, c.pattern) for c in classes}) == 24
+    head, tail = classes[:8], classes[8:]
+    assert len({(c.shape, c.colour) for c in head}) == 8  # no two head classes share shape and colour
+    families: dict[tuple[str, str], list] = {}
+    for c in tail:
+        families.setdefault((c.shape, c.colour), []).append(c)
+    assert len(families) == 4
+    for members in families.values():  # a family: same shape, colour and size; four patterns
+        assert len(members) == 4 and len({m.size for m in members}) == 1
+        assert sorted(m.pattern for m in members) == sorted(PATTERNS)
+    assert not {(c.shape, c.colour) for c in head} & set(families)  # the tail crowds away from the head
+    with pytest.raises(ValueError, match="profile"):
+        demo_classes(24, profile="odd")

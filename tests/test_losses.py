@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from system.losses import (
     Stage1Loss,
     classwise_contrastive_loss,
+    cosine_ce_loss,
     multi_positive_targets,
     prototype_loss,
     soft_cross_entropy,
@@ -121,3 +122,51 @@ def test_stage1_loss_terms_are_weighted_and_summed():
     )
     with pytest.raises(ValueError, match="no \\*_loss"):
         total_loss({})
+
+
+def test_image_only_prototype_loss_ignores_text():
+    # The no-text control: only CE(f P^T / tau, y). Same prototypes and features as above: log(1 + e^-4).
+    protos = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    y = torch.tensor([0, 1])
+    assert prototype_loss(protos, None, y, protos, 0.5).item() == pytest.approx(
+        math.log(1 + math.exp(-4)), rel=1e-5
+    )
+    # With text far from its prototypes, the two-modality loss grows but the image-only one does not move.
+    txt = protos.flip(0)
+    assert prototype_loss(protos, txt, y, protos, 0.5) > prototype_loss(protos, None, y, protos, 0.5) + 1.0
+
+
+def test_cosine_ce_hand_computed_and_scale_free_in_the_weights():
+    # W rows (2, 0) and (0, 3) normalise to e0, e1; f = e0 -> logits [1, 0] / 0.5 = [2, 0]: CE = log(1 + e^-2).
+    w = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    f = torch.tensor([[1.0, 0.0]])
+    expected = math.log(1 + math.exp(-2))
+    assert cosine_ce_loss(f, w, torch.tensor([0]), 0.5).item() == pytest.approx(expected, rel=1e-6)
+    assert cosine_ce_loss(f, 7.0 * w, torch.tensor([0]), 0.5).item() == pytest.approx(expected, rel=1e-6)
+    # With W equal to fixed prototypes it is exactly the prototype loss's image term.
+    protos = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    y = torch.tensor([0, 1])
+    assert cosine_ce_loss(protos, protos, y, 0.5).item() == pytest.approx(
+        prototype_loss(protos, None, y, protos, 0.5).item()
+    )
+
+
+def test_stage1_loss_ce_and_no_text_terms():
+    protos = torch.eye(3)
+    img = torch.eye(3)
+    txt = torch.roll(torch.eye(3), 1, dims=0)  # every caption points at the wrong class
+    y = torch.arange(3)
+    w = torch.randn(3, 3, requires_grad=True)
+    fn = Stage1Loss(protos, contrastive_weight=0.0, proto_weight=0.0, ce_weight=1.5, proto_temperature=0.2)
+    terms = fn(img, txt, y, torch.tensor([1.0]), class_weights=w)
+    assert set(terms) == {"ce_loss"}
+    assert terms["ce_loss"].item() == pytest.approx(1.5 * cosine_ce_loss(img, w, y, 0.2).item())
+    total_loss(terms).backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="class_weights"):
+        fn(img, txt, y, torch.tensor([1.0]))
+    image_only = Stage1Loss(protos, contrastive_weight=0.0, proto_temperature=1.0, proto_modalities="image")
+    both = Stage1Loss(protos, contrastive_weight=0.0, proto_temperature=1.0)
+    got = image_only(img, txt, y, torch.tensor([1.0]))["proto_loss"].item()
+    assert got == pytest.approx(prototype_loss(img, None, y, protos, 1.0).item())
+    assert both(img, txt, y, torch.tensor([1.0]))["proto_loss"].item() > got

@@ -12,16 +12,14 @@ because a broken dataset otherwise surfaces minutes later as an obscure error in
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import webdataset as wds
+from typing import Any
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -62,11 +60,15 @@ class Manifest:
         return len(self.class_names)
 
     def shard_paths(self, root: str | os.PathLike, split: str) -> list[str]:
-        """Absolute shard paths of `split`."""
+        """Absolute shard paths of `split` (URLs when `root` is an object-store URL)."""
         if split not in self.splits:
             raise DatasetError(
                 f"split {split!r} is not in the manifest of {root} (splits: {sorted(self.splits)})"
             )
+        from system.data.shard_spec import is_url, join
+
+        if is_url(str(root)):
+            return [join(str(root), rel) for rel in self.splits[split].shards]
         base = Path(root).resolve()
         return [str(base / rel) for rel in self.splits[split].shards]
 
@@ -181,7 +183,12 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> str:
 
 
 def load_manifest(root: str | os.PathLike) -> Manifest:
-    """Load and validate `<root>/manifest.json`, checking that every listed shard and the text folder exist."""
+    """Load and validate `<root>/manifest.json`, checking that every listed shard and the text folder exist.
+    `root` may be an object-store URL (s3://bucket/ds): read through system.data.shard_spec's filesystems."""
+    from system.data.shard_spec import is_url, load_remote_manifest
+
+    if is_url(str(root)):
+        return load_remote_manifest(str(root))
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise DatasetError(
@@ -236,6 +243,55 @@ def _encode_sample(sample: dict[str, Any], key: str) -> dict[str, Any]:
     return out
 
 
+def shard_relpath(split: str, shard: int) -> str:
+    """A split's shard file, relative to the dataset root: `<split>/00000.tar`."""
+    return f"{split}/{shard:05d}.tar"
+
+
+def write_shard(
+    root: str | os.PathLike,
+    rel: str,
+    shard: int,
+    samples: Iterable[dict[str, Any]],
+    seen: set[str] | None = None,
+) -> int:
+    """Write one shard `<root>/<rel>` and return its sample count.
+
+    Written under a temporary name and renamed when complete, so an interrupted writer never leaves a
+    truncated shard under the final name. Keys default to `sample_key(shard, position)`; `seen` carries the keys
+    of earlier shards of the split, so duplicates across shards are refused too.
+    """
+    import webdataset as wds  # imports torch (seconds): only pay for it when writing
+
+    seen = set() if seen is None else seen
+    path = Path(root) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    count = 0
+    try:
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream, mtime=_TAR_MTIME)
+            try:
+                for sample in samples:
+                    if count >= KEY_STRIDE:
+                        raise ValueError(f"shard {rel}: more than {KEY_STRIDE} samples")
+                    key = str(sample.get("__key__") or sample_key(shard, count))
+                    if "." in key or "/" in key or not key:
+                        raise ValueError(f"sample key {key!r} must be non-empty and contain no '.' or '/'")
+                    if key in seen:
+                        raise ValueError(f"duplicate sample key {key!r} in {rel}")
+                    seen.add(key)
+                    writer.write(_encode_sample(sample, key))
+                    count += 1
+            finally:
+                writer.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return count
+
+
 def write_split_shards(
     root: str | os.PathLike, split: str, samples: Iterable[dict[str, Any]], samples_per_shard: int
 ) -> SplitInfo:
@@ -251,38 +307,16 @@ def write_split_shards(
         )
     if not split or "/" in split or split.startswith("."):
         raise ValueError(f"split must be a plain folder name, got {split!r}")
-    import webdataset as wds  # imports torch (seconds): only pay for it when writing
-
-    split_dir = Path(root) / split
-    split_dir.mkdir(parents=True, exist_ok=True)
+    (Path(root) / split).mkdir(parents=True, exist_ok=True)
     shards: list[str] = []
     seen: set[str] = set()
-    writer: wds.TarWriter | None = None
-    stream = None
     count = 0
-    try:
-        for sample in samples:
-            index = count % samples_per_shard
-            if index == 0:
-                if writer is not None:
-                    writer.close()
-                    stream.close()
-                rel = f"{split}/{len(shards):05d}.tar"
-                stream = open(Path(root) / rel, "wb")
-                writer = wds.TarWriter(stream, mtime=_TAR_MTIME)
-                shards.append(rel)
-            key = str(sample.get("__key__") or sample_key(len(shards) - 1, index))
-            if "." in key or "/" in key or not key:
-                raise ValueError(f"sample key {key!r} must be non-empty and contain no '.' or '/'")
-            if key in seen:
-                raise ValueError(f"duplicate sample key {key!r} in split {split!r}")
-            seen.add(key)
-            writer.write(_encode_sample(sample, key))
-            count += 1
-    finally:
-        if writer is not None:
-            writer.close()
-            stream.close()
+    stream = iter(samples)
+    for first in stream:  # one shard per iteration: the first sample, then up to samples_per_shard - 1 more
+        rel = shard_relpath(split, len(shards))
+        chunk = itertools.chain([first], itertools.islice(stream, samples_per_shard - 1))
+        count += write_shard(root, rel, len(shards), chunk, seen)
+        shards.append(rel)
     return SplitInfo(num_samples=count, shards=shards)
 
 

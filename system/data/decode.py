@@ -6,14 +6,16 @@ instead of failing the whole shard, which is what Ray Data's default decoder wou
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+
+from system.data.augment import Augment, decode_image, row_rng
+from system.data.faults import MISSING_TEXT, DataFault
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 log = logging.getLogger(__name__)
@@ -58,19 +60,44 @@ def _skip(skipped: Counter[str], examples: list[str], reason: str, row: dict) ->
         examples.append(f"{_as_text(row.get('__url__')) or '?'}:{_as_text(row.get('__key__'))} ({reason})")
 
 
+def _repeat_draw(seed: int, row: dict) -> float:
+    """A uniform in [0, 1) for one row's resampling draw: a 5-word seed, so the stream is apart from the
+    4-word augmentation streams of system.data.augment.row_rng."""
+    shard = row.get("__shard__")
+    words = [
+        seed,
+        1,
+        -1 if shard is None else int(shard),
+        zlib.crc32(_as_text(row.get("__url__")).encode("utf-8")),
+        zlib.crc32(_as_text(row.get("__key__")).encode("utf-8")),
+    ]
+    return float(np.random.default_rng([w % 2**63 for w in words]).random())
+
+
 def decode_batch(
     batch: dict[str, np.ndarray],
     image_size: int,
     num_classes: int,
     repeat_factors: np.ndarray | None = None,
     seed: int | None = None,
+    *,
+    augment: Augment | None = None,
+    strict: bool = False,
+    counts: Counter[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode a batch of raw rows (`__key__`, `jpg`, `txt`, `json` bytes) into training columns.
 
     Returns `image` uint8 [N, S, S, 3], `label` int64 [N], `caption` str [N], `key` str [N], and `skipped`
     reasons are tallied in `decode_batch.last_skipped` for the caller's log. With `repeat_factors`, each row is
     repeated floor(r) times plus once more with probability frac(r) (stochastic rounding keeps the expectation
-    exact while streaming, no global view of the data needed).
+    exact while streaming, no global view of the data needed). With `augment`, each output row is a random-resized
+    crop (flipped at random) drawn from the row's own seeded generator (system.data.augment); without it, the
+    whole image resized to S x S.
+
+    With a `seed`, the repeat draw of a row is a function of the seed, the row's shard position in the stream
+    (`__shard__`, so every epoch draws anew) and its key: reproducible whatever the batching or streaming
+    order, and different for every row. `counts` (optional) gets this batch's skip counts added. `strict`:
+    the first bad row raises DataFault naming its shard and key instead of being skipped.
     """
     keys = batch.get("__key__")
     n = len(keys) if keys is not None else 0
@@ -84,6 +111,9 @@ def decode_batch(
         if raw is None:
             _skip(skipped, examples, "missing_image", row)
             continue
+        if row.get("txt") is None:
+            _skip(skipped, examples, MISSING_TEXT, row)
+            continue
         try:
             meta = json.loads(_as_text(row.get("json"))) if row.get("json") is not None else {}
             label = int(meta["label"])
@@ -93,25 +123,35 @@ def decode_batch(
         if not 0 <= label < num_classes:
             _skip(skipped, examples, "unknown_label", row)
             continue
+        aug_rng = (
+            row_rng(
+                augment.seed, _as_text(row.get("__url__")), _as_text(row.get("__key__")), row.get("__shard__")
+            )
+            if augment is not None
+            else None
+        )
         try:
-            with Image.open(io.BytesIO(raw)) as im:
-                im = im.convert("RGB")
-                if im.size != (image_size, image_size):
-                    im = im.resize((image_size, image_size), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)  # [S, S, 3]
+            arr = decode_image(raw, image_size, augment, aug_rng)  # [S, S, 3]
         except Exception:  # noqa: BLE001 - PIL raises many types for corrupt data; all mean "skip this row"
             _skip(skipped, examples, "corrupt_image", row)
             continue
         reps = 1
         if repeat_factors is not None:
             r = float(repeat_factors[label])
-            reps = int(r) + int(rng.random() < r - int(r))
-        for _ in range(reps):
+            u = rng.random() if seed is None else _repeat_draw(seed, row)
+            reps = int(r) + int(u < r - int(r))
+        for rep in range(reps):
+            if rep and augment is not None:
+                arr = decode_image(raw, image_size, augment, aug_rng)  # every copy gets its own crop
             images.append(arr)
             labels.append(label)
             captions.append(_as_text(row.get("txt")).strip())
             out_keys.append(_as_text(row.get("__key__")))
     decode_batch.last_skipped = skipped  # type: ignore[attr-defined]
+    if counts is not None:
+        counts.update(skipped)
+    if strict and skipped:
+        raise DataFault(f"bad sample (data.strict): {examples[0]}")
     if skipped:
         log.warning(
             "skipped %d of %d rows (%s); e.g. %s",

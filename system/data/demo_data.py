@@ -103,6 +103,7 @@ def make_demo_dataset(
     samples_per_shard: int = 256,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = print,
+    profile: str = "balanced",
 ) -> Manifest:
     """Render the demo dataset into `out` and return its manifest (see the module docstring)."""
     if val_per_class < 0 or test_per_class < 0:
@@ -113,7 +114,7 @@ def make_demo_dataset(
         raise ValueError(f"image_size must be between 16 and 512, got {image_size}")
     if not 1 <= samples_per_shard <= KEY_STRIDE:
         raise ValueError(f"samples_per_shard must be between 1 and {KEY_STRIDE}, got {samples_per_shard}")
-    classes = demo_classes(num_classes, seed)  # validates num_classes
+    classes = demo_classes(num_classes, seed, profile)  # validates num_classes and profile
     train_counts = longtail_counts(num_classes, n_max, imbalance)  # validates n_max and imbalance
     root = Path(out)
     _prepare_out(root, overwrite)
@@ -136,7 +137,7 @@ def make_demo_dataset(
         progress(f"[make-demo-data] text: {num_classes} class descriptions, {rows} labelled sentences")
     manifest = Manifest(
         format_version=FORMAT_VERSION,
-        name="demo",
+        name="demo" if profile == "balanced" else f"demo-{profile}",
         class_names=[c.name for c in classes],
         train_counts=train_counts,
         splits=splits,
@@ -147,6 +148,7 @@ def make_demo_dataset(
             "classes": [c.to_dict() for c in classes],
             "attributes": {"shapes": list(SHAPES), "colours": list(COLOURS), "patterns": list(PATTERNS)},
             "generator": {
+                "profile": profile,
                 "seed": seed,
                 "imbalance": imbalance,
                 "n_max": n_max,

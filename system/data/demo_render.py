@@ -50,14 +50,24 @@ def max_demo_classes() -> int:
     return len(SHAPES) * len(COLOURS) * len(PATTERNS)
 
 
-def demo_classes(num_classes: int, seed: int = 0) -> list[DemoClass]:
+PROFILES = ("balanced", "crowded")
+
+
+def demo_classes(num_classes: int, seed: int = 0, profile: str = "balanced") -> list[DemoClass]:
     """Choose `num_classes` distinct combinations, deterministic in `seed`.
+
+    profile "balanced" (below) spreads attributes evenly. Profile "crowded" makes the tail fine-grained, the
+    situation the method is for: see `crowded_classes`.
 
     Greedy balanced design: each next class (label order = frequency order) takes the combination whose
     shape, colour and pattern have been used least so far, ties broken by a seeded shuffle. So every shape and
     colour appears among the first few head classes and again in the tail: the attributes are shared, and an
     encoder can learn "red" or "star" on head classes and reuse them for tail classes.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    if profile == "crowded":
+        return crowded_classes(num_classes, seed)
     limit = max_demo_classes()
     if not 2 <= num_classes <= limit:
         raise ValueError(
@@ -79,6 +89,39 @@ def demo_classes(num_classes: int, seed: int = 0) -> list[DemoClass]:
     return [
         DemoClass(label, shape, colour, pattern, sizes[int(rng.integers(len(sizes)))])
         for label, (shape, colour, pattern) in enumerate(chosen)
+    ]
+
+
+def crowded_classes(num_classes: int, seed: int = 0) -> list[DemoClass]:
+    """A long tail whose tail is crowded: the first third of the classes (the head, in frequency order) differ
+    in shape and colour; the rest come in families of up to four that share shape, colour and size and differ
+    only in pattern. Tail classes then sit close together in feature space (fine-grained and rare), far from
+    the head: the geometry the prototype loss is meant to spread out.
+    """
+    n_head = max(1, num_classes // 3)
+    n_families = -(-(num_classes - n_head) // len(PATTERNS))  # ceil
+    if num_classes < 2 or n_head + n_families > len(SHAPES) * len(COLOURS):
+        raise ValueError(f"num_classes for the crowded profile must be between 2 and 96, got {num_classes}")
+    rng = np.random.default_rng([seed, 11])
+    pairs = [(s, c) for s in SHAPES for c in COLOURS]
+    # Head: every pair different, spread over shapes and colours (each next one uses the least used ones).
+    free = [pairs[i] for i in rng.permutation(len(pairs))]
+    used: dict[str, int] = {}
+    head: list[tuple[str, str, str]] = []
+    for i in range(n_head):
+        best = min(free, key=lambda pair: sum(used.get(a, 0) for a in pair))
+        free.remove(best)
+        head.append((*best, PATTERNS[i % len(PATTERNS)]))
+        for attribute in best:
+            used[attribute] = used.get(attribute, 0) + 1
+    tail = [(*free[f], pattern) for f in range(n_families) for pattern in PATTERNS][: num_classes - n_head]
+    sizes = list(SIZES)
+    family_size = {free[f]: sizes[int(rng.integers(len(sizes)))] for f in range(n_families)}
+    return [
+        DemoClass(
+            label, shape, colour, pattern, family_size.get((shape, colour)) or sizes[int(rng.integers(2))]
+        )
+        for label, (shape, colour, pattern) in enumerate(head + tail)
     ]
 
 

@@ -8,6 +8,7 @@ irrelevant web boilerplate, it gets a sentence sampled from its class's filtered
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class TextPairer:
         class_names: list[str],
         arch: str,
         scorer: str = "lexical",
+        scorer_options: dict[str, Any] | None = None,
         threshold: float = 0.0,
         caption_prob: float = 0.5,
         seed: int | None = None,
@@ -30,7 +32,7 @@ class TextPairer:
         if missing:
             raise ValueError(f"text pools: classes without any text: {missing[:10]}")
         self.pools = {int(c): list(p) for c, p in pools.items()}
-        self.scorer = make_scorer(scorer, class_names)
+        self.scorer = make_scorer(scorer, class_names, **(scorer_options or {}))
         self.threshold = threshold
         self.caption_prob = caption_prob
         self.tokenizer = tokenizer_for(arch)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from system.text.attributes import attribute_words, normalise
+
+if TYPE_CHECKING:
+    from system.config import Config
 
 SCORERS: dict[str, type[RelevanceScorer]] = {}
 
@@ -36,11 +39,24 @@ def make_scorer(name: str, class_names: list[str], **options: Any) -> RelevanceS
     return SCORERS[name](class_names, **options)
 
 
+def scorer_options(cfg: Config, name: str | None = None) -> dict[str, Any]:
+    """The options scorer `name` (default: cfg.data.text_scorer) takes from a run config (paths, arch)."""
+    name = name or cfg.data.text_scorer
+    if name not in SCORERS:
+        raise ValueError(f"unknown text scorer {name!r}; registered: {sorted(SCORERS)}")
+    return SCORERS[name].options_from_config(cfg)
+
+
 class RelevanceScorer:
     """Base class: subclasses take the class names first and implement `score` (or `score_many`)."""
 
     def __init__(self, class_names: list[str]) -> None:
         self.class_names = list(class_names)
+
+    @classmethod
+    def options_from_config(cls, cfg: Config) -> dict[str, Any]:
+        """Keyword options for `make_scorer` taken from a run config; model-based scorers override this."""
+        return {}
 
     def score(self, sentence: str, label: int) -> float:
         raise NotImplementedError

@@ -1,0 +1,206 @@
+"""The ablation: what each component of the method buys, over several seeds, selected on val, reported on test.
+
+    uniproto ablate --config pipelines/configs/ablate.yaml [--seeds 0,1,2] [--arms a,b] [--set data.root=...]
+    python -m pipelines.ablate --config ...               (the form `ray job submit` uses)
+
+Arms (stage-1 recipes, system/ablation.py): baseline (plain cross-entropy), contrastive, prototypes,
+text_filter, and the no-text control. Each arm is a Ray Tune run over the seeds in <run dir>/<arm>/, so an
+interrupted ablation resumes where it stopped (finished seeds are kept). The table's variants read the arms
+with their classifier: `full` is the text_filter arm with the prototype-guided classifier.
+
+Outputs in <run dir>: ablation.json, ablation.md, ablation.png. The last stdout line is one JSON object
+mapping each variant to its mean overall / many / medium / few top-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.common import parse_args, prepare_run
+from system import ablation as ab
+from system.config import ConfigError, load_config, save_config
+from system.spaces import load_space
+
+
+def _ablate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seeds", default="0,1,2", help="training seeds, comma separated (at least 1; 3 by default)"
+    )
+    p.add_argument("--arms", help=f"a subset of the arms, comma separated (default: all of {list(ab.ARMS)})")
+    p.add_argument(
+        "--space",
+        help="optional grid of hyperparameters (e.g. tune_spaces/proto_temperature.yaml) searched in every arm; "
+        "each variant keeps the setting with the best mean val top-1 over the seeds",
+    )
+
+
+def _parse_list(text: str, what: str, cast=str) -> list:
+    try:
+        items = [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{what}: expected a comma-separated list, got {text!r}") from None
+    if not items or len(set(items)) != len(items):
+        raise ConfigError(f"--{what}: expected distinct values, got {text!r}")
+    return items
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args("uniproto ablate", __doc__, argv, extra=_ablate_args)
+    seeds = _parse_list(args.seeds, "seeds", int)
+    arms = _parse_list(args.arms, "arms") if args.arms else list(ab.ARMS)
+    unknown = [a for a in arms if a not in ab.ARMS]
+    if unknown:
+        raise ConfigError(f"--arms: unknown {unknown} (known: {list(ab.ARMS)})")
+    base = load_config(args.config, args.set)
+    space = load_space(args.space, base) if args.space else {}
+    not_grid = [k for k, (kind, _) in space.items() if kind != "grid"]
+    if not_grid or "run.seed" in space:
+        raise ConfigError(
+            f"--space {args.space}: the ablation takes grid entries other than run.seed, got {list(space)}"
+        )
+    root = base.run_dir
+    # Validate every arm's config before Ray starts: a bad override fails here, naming its key.
+    for arm in arms:
+        load_config(args.config, _arm_sets(args.set, arm, root))
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(base, root / "config.yaml")
+    return run_ablation(args, arms, seeds, space, root)
+
+
+def _arm_sets(user_sets: list[str], arm: str, root: Path) -> list[str]:
+    """The user's overrides, then the arm's, then where it runs. A single run per seed: no search space,
+    no early stopping (every seed must finish for the mean to mean anything)."""
+    arm_sets = [f"{k}={json.dumps(v)}" for k, v in ab.ARMS[arm].overrides.items()]
+    place = [f"run.output_dir={root}", f"run.name={arm}", "sweep.space=null", "sweep.scheduler=fifo"]
+    return [*user_sets, *arm_sets, *place, "sweep.search=basic", "sweep.num_samples=1"]
+
+
+def run_ablation(
+    args: argparse.Namespace, arms: list[str], seeds: list[int], space: dict[str, Any], root: Path
+) -> dict[str, Any]:
+    from system.finetune import shot_accuracy_at
+    from system.ray_cluster import init_ray
+    from system.ray_sweep import load_branch_logits, run_sweep
+
+    t0 = time.perf_counter()
+    seed_space = {**space, "run.seed": ("grid", seeds)}
+    per_arm: dict[str, list[dict[str, Any]]] = {}
+    text_quality: dict[str, Any] = {}
+    manifest = cfg = None
+    for i, arm in enumerate(arms):
+        ctx = prepare_run(argparse.Namespace(config=args.config, set=_arm_sets(args.set, arm, root)))
+        cfg, manifest = ctx.cfg, ctx.manifest
+        if i == 0:
+            print(f"[uniproto] {init_ray(cfg)}", flush=True)
+        q = ctx.text_report.get("quality")
+        if q:
+            text_quality[arm] = q
+        with ctx.timer(f"arm {arm} ({i + 1}/{len(arms)}): {len(seeds)} seeds"):
+            out = run_sweep(cfg, seed_space, ctx.shared(), ctx.run_dir)
+        per_arm[arm] = out["trials"]
+        done = [t for t in out["trials"] if t["status"] == "completed"]
+        if len(done) < len(seeds):
+            errors = [t.get("error", t["status"]).strip().splitlines()[-1] for t in out["trials"]]
+            raise RuntimeError(f"arm {arm}: {len(done)} of {len(seeds)} seeds completed; errors: {errors}")
+
+    assert cfg is not None and manifest is not None
+    counts, split = manifest.train_counts, cfg.eval.report_split
+    runs: dict[str, list[dict[str, Any]]] = {}
+    selected: dict[str, dict[str, Any]] = {}
+    test_labels = None
+    for name, variant in ab.VARIANTS.items():
+        if variant.arm not in per_arm:
+            continue
+        val_key = "val_top1" if variant.classifier == "blend" else "val_top1_head"
+        chosen, trials = _select_on_val(per_arm[variant.arm], val_key)
+        selected[name] = chosen
+        rows = []
+        for t in sorted(trials, key=lambda t: t["params"]["run.seed"]):
+            logits = load_branch_logits(t["path"], split)
+            test_labels = logits.labels
+            lam = 0.0 if variant.classifier == "head" else float(t["best_lambda"])
+            acc = shot_accuracy_at(logits, lam, counts, cfg.eval)
+            geometry = t.get("geometry_after") or {}
+            rows.append(
+                {g: acc[g] for g in ab.GROUPS}
+                | {
+                    "seed": t["params"]["run.seed"],
+                    "lambda": lam,
+                    "val_top1": t[val_key],
+                    "tail_over_head_tail": geometry.get("tail_over_head_tail"),
+                    "stage1_losses": {
+                        k.removeprefix("final_"): v
+                        for k, v in t.items()
+                        if k.startswith("final_") and k.endswith("_loss") and k != "final_loss"
+                    },
+                }
+            )
+        runs[name] = rows
+    summary = ab.summarise(runs)
+    one_image = ab.one_image_points(test_labels, counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
+    pairs = [(b, a) for a, b in zip(ab.LADDER, ab.LADDER[1:], strict=False)] + [("no_text", "full")]
+    comparisons = ab.compare(summary, pairs, one_image)
+    md = ab.markdown(summary, comparisons, split)
+    geometry_lines = [
+        f"| `{n}` | {ab.mean_std([r['tail_over_head_tail'] for r in rows])[0]:.3f} |"
+        for n, rows in runs.items()
+        if any(r["tail_over_head_tail"] is not None for r in rows) and n != "full"
+    ]
+    if geometry_lines:
+        md += (
+            "\nFeature geometry after stage 1 (train split, centred class centroids): mean tail-tail cosine "
+            "distance over mean head-tail distance (< 1: the tail is crowded), mean over seeds.\n\n"
+            "| arm | tail-tail / head-tail |\n|---|---|\n" + "\n".join(geometry_lines) + "\n"
+        )
+    q = text_quality.get("text_filter")  # the filtering arm: the others keep every sentence on purpose
+    if q and q.get("precision") is not None and q.get("recall") is not None:
+        md += (
+            f"\nText filter (boilerplate dropping on the corpus's known labels): precision "
+            f"{q['precision']:.3f}, recall {q['recall']:.3f}.\n"
+        )
+    (root / "ablation.md").write_text(f"# Ablation `{root.name}`\n\n{md}\n![ablation](ablation.png)\n")
+    ab.plot(root / "ablation.png", summary, f"{root.name}: {split} top-1, mean ± std over {len(seeds)} seeds")
+    report = {
+        "run": root.name,
+        "seeds": seeds,
+        "report_split": split,
+        "select_split": cfg.eval.select_split,
+        "variants": {
+            n: {"arm": v.arm, "classifier": v.classifier} for n, v in ab.VARIANTS.items() if n in runs
+        },
+        "summary": summary,
+        "comparisons": comparisons,
+        "one_image_points": one_image,
+        "space": {k: list(v[1]) for k, v in space.items()},
+        "selected_on_val": selected,
+        "runs": runs,
+        "text_filter_quality": text_quality,
+        "dataset": ctx.dataset_summary(),
+        "seconds": time.perf_counter() - t0,
+    }
+    (root / "ablation.json").write_text(json.dumps(report, indent=2, default=float))
+    print(f"\n[uniproto] ablation on {split} ({len(seeds)} seeds, chosen on {cfg.eval.select_split})\n{md}")
+    print(f"[uniproto] ablation: {root / 'ablation.md'} (+ ablation.json, ablation.png)")
+    last = {n: {g: summary[n][g]["mean"] for g in ab.GROUPS} for n in summary}
+    print(json.dumps(last), flush=True)
+    return report
+
+
+def _select_on_val(trials: list[dict[str, Any]], val_key: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Group an arm's trials by their non-seed parameters; keep the group with the best mean val top-1 (ties:
+    the first setting in grid order). Test numbers are read only for the kept group."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for t in trials:
+        key = json.dumps({k: v for k, v in t["params"].items() if k != "run.seed"}, sort_keys=True)
+        groups.setdefault(key, []).append(t)
+    best = max(groups, key=lambda k: ab.mean_std([t[val_key] for t in groups[k]])[0])
+    return json.loads(best), groups[best]
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,31 @@
+"""Data faults: what the reader and the decode stage skip, by reason, and the error strict mode raises.
+
+Sample-level faults skip one sample; shard-level faults end the read of one shard (the samples it yielded
+before the fault are kept) and never the dataset. Plain Python: the reader, the decode stage and the ledger
+that sums the counts share these names.
+"""
+
+from __future__ import annotations
+
+from system.data.dataset_dir import DatasetError
+
+# Sample-level reasons (one sample skipped). The reader finds the structural ones, the decode stage the rest.
+DUPLICATE_MEMBER = "duplicate_member"  # the same {key}.{ext} twice in a row of members
+NON_CONTIGUOUS_KEY = "non_contiguous_key"  # members of a key that reappear after other keys
+MISSING_IMAGE = "missing_image"
+MISSING_TEXT = "missing_text"
+MISSING_LABEL = "missing_label"
+UNKNOWN_LABEL = "unknown_label"
+CORRUPT_IMAGE = "corrupt_image"
+
+# Shard-level reasons (the rest of the shard skipped, the other shards read on).
+MISSING_SHARD = "missing"  # no such file or object
+UNREADABLE = "unreadable"  # it exists but cannot be opened (permissions, the object store refused)
+EMPTY_SHARD = "empty"  # zero bytes, or a tar without a single sample
+NOT_A_TAR = "not_a_tar"
+TRUNCATED = "truncated"  # the tar (or its compression) ends inside a member
+READ_ERROR = "read_error"  # an I/O error in the middle of the stream
+
+
+class DataFault(DatasetError):
+    """A bad sample or shard under `data.strict` / `check-shards --strict`: names the shard and the key."""

@@ -1,0 +1,316 @@
+"""Bad data is skipped and counted, never fatal: every fault made here, exact counts, through the tar reader alone
+and through `uniproto check-shards` on a real local Ray (the pipeline's own read + decode path)."""
+
+import gzip
+import io
+import json
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from system.data.decode import decode_batch, resample_factors
+from system.data.faults import DataFault
+from system.data.tar_stream import ShardTally, iter_samples
+
+
+def _jpeg(colour=(200, 30, 30), size=8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+JPG = _jpeg()
+
+
+def _sample(key, label=0, jpg=JPG, txt=b"a red square", meta=None):
+    members = [(f"{key}.jpg", jpg)] if jpg is not None else []
+    if txt is not None:
+        members.append((f"{key}.txt", txt))
+    if meta is not False:
+        members.append((f"{key}.json", json.dumps(meta or {"label": label}).encode()))
+    return members
+
+
+def _tar(members) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _header_offset(data: bytes, name: str) -> int:
+    """Byte offset of member `name`'s header in a plain tar."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return next(m.offset for m in tar.getmembers() if m.name == name)
+
+
+FOUR = _tar(
+    [m for i in range(4) for m in [(f"k{i}.jpg", JPG), (f"k{i}.txt", b"t"), (f"k{i}.json", b'{"label": 0}')]]
+)
+CUT_INSIDE = FOUR[: _header_offset(FOUR, "k3.txt") + 512 + 1]  # k3's caption cut after one byte
+CUT_AT_HEADER = FOUR[: _header_offset(FOUR, "k3.jpg")]  # ends cleanly after k2, but without the end blocks
+
+
+def _read(data: bytes, strict=False):
+    tally = ShardTally("/d/x.tar", 0)
+    keys = [s["__key__"] for s in iter_samples(io.BytesIO(data), tally, strict)]
+    return keys, tally
+
+
+def _good(n, prefix="k"):
+    return [m for i in range(n) for m in _sample(f"{prefix}{i}", label=i % 3)]
+
+
+# ------------------------------------------------------------------------------------ the tar reader alone
+
+
+def test_reader_groups_members_by_key_and_keeps_image_extension_variants():
+    members = _good(2) + [
+        ("dir.v1/k9.JPEG", JPG),
+        ("dir.v1/k9.txt", b"t"),
+        ("dir.v1/k9.json", b'{"label":1}'),
+    ]
+    keys, tally = _read(_tar(members))
+    assert keys == ["k0", "k1", "dir.v1/k9"]  # key: up to the first dot of the basename, folders kept
+    assert tally.rows == 3 and not tally.skipped and tally.fault is None
+    rows = list(iter_samples(io.BytesIO(_tar(members)), ShardTally("u", 7)))
+    assert rows[2]["jpg"] == JPG and rows[2]["__shard__"] == 7 and rows[2]["__url__"] == "u"
+
+
+def test_duplicate_member_and_non_contiguous_key_skip_one_sample_each():
+    members = (
+        _sample("a")
+        + _sample("dup")
+        + [("dup.jpg", JPG)]  # the same member twice: the sample is dropped
+        + _sample("b")
+        + [("a.txt", b"stray")]  # a run of key a after key b: that run is dropped, the first a is kept
+        + _sample("c")
+    )
+    keys, tally = _read(_tar(members))
+    assert keys == ["a", "b", "c"]
+    assert tally.skipped == Counter({"duplicate_member": 1, "non_contiguous_key": 1})
+    assert tally.rows == 3 and tally.fault is None
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "keys"),
+    [
+        (b"", "empty", []),
+        (_tar([]), "empty", []),  # a sound tar without a single member
+        (b"PAR1" + b"\0\1" * 600, "not_a_tar", []),  # img2dataset's parquet, renamed
+        (CUT_INSIDE, "truncated", ["k0", "k1", "k2"]),  # cut inside k3's members: k3 dropped too
+        # Cut at a header: no end-of-archive block. k2 may have had more members: dropped as incomplete.
+        (CUT_AT_HEADER, "truncated", ["k0", "k1"]),
+        (gzip.compress(FOUR)[:-40], "truncated", None),  # a .tar.gz cut short
+    ],
+)
+def test_shard_faults_keep_the_complete_samples_before_them(data, reason, keys):
+    got, tally = _read(data)
+    assert tally.fault == reason
+    if keys is not None:
+        assert got == keys and tally.rows == len(keys)
+
+
+def test_compressed_tar_reads_like_a_plain_one():
+    keys, tally = _read(gzip.compress(_tar(_good(3))))
+    assert keys == ["k0", "k1", "k2"] and tally.fault is None
+
+
+def test_strict_reader_names_the_shard_and_key():
+    with pytest.raises(DataFault, match=r"/d/x\.tar: key 'a' non_contiguous_key"):
+        _read(_tar(_sample("a") + _sample("b") + [("a.json", b"{}")]), strict=True)
+    with pytest.raises(DataFault, match=r"/d/x\.tar: .*truncated"):
+        _read(CUT_INSIDE, strict=True)
+
+
+def test_decode_counts_missing_text_and_strict_names_the_row():
+    rows = [
+        {"__key__": "a", "__url__": "/d/0.tar", "jpg": JPG, "txt": b"x", "json": b'{"label": 0}'},
+        {"__key__": "b", "__url__": "/d/0.tar", "jpg": JPG, "txt": None, "json": b'{"label": 0}'},
+    ]
+    batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
+    counts: Counter = Counter()
+    out = decode_batch(batch, image_size=8, num_classes=1, counts=counts)
+    assert out["key"].tolist() == ["a"] and counts == Counter({"missing_text": 1})
+    with pytest.raises(DataFault, match=r"/d/0\.tar:b \(missing_text\)"):
+        decode_batch(batch, image_size=8, num_classes=1, strict=True)
+
+
+# ------------------------------------------------------------------------------------ resampling
+
+
+@pytest.mark.parametrize("mode", ["sqrt", "balanced"])
+def test_streaming_resampling_realises_the_expected_class_counts(mode):
+    """Per-row seeded stochastic rounding over many batches: realised count of class c within 4 binomial
+    standard deviations of n_c * r_c (floor(r_c) * n_c is exact, the remainder is Binomial(n_c, frac r_c))."""
+    counts = [600, 150, 40, 10]
+    factors = resample_factors(counts, mode)
+    labels = np.repeat(np.arange(4), counts)
+    np.random.default_rng(0).shuffle(labels)
+    tiny = _jpeg(size=4)
+    realised = np.zeros(4, dtype=np.int64)
+    for start in range(0, len(labels), 64):  # batches of 64 rows from 4 "shards"
+        chunk = labels[start : start + 64]
+        batch = {
+            "__key__": np.array([f"{start + i:06d}" for i in range(len(chunk))], dtype=object),
+            "__url__": np.array([f"/d/{start // 200:05d}.tar"] * len(chunk), dtype=object),
+            "__shard__": np.full(len(chunk), start // 200),
+            "jpg": np.array([tiny] * len(chunk), dtype=object),
+            "txt": np.array([b""] * len(chunk), dtype=object),
+            "json": np.array([json.dumps({"label": int(y)}).encode() for y in chunk], dtype=object),
+        }
+        out = decode_batch(batch, image_size=4, num_classes=4, repeat_factors=factors, seed=11)
+        realised += np.bincount(out["label"], minlength=4)
+    n = np.asarray(counts)
+    expected = n * factors
+    frac = factors - np.floor(factors)
+    sd = np.sqrt(n * frac * (1 - frac))
+    assert np.all(np.abs(realised - expected) <= 4 * sd + 1e-9), (realised, expected, sd)
+    # The epoch keeps its size in expectation, and the tail is lifted (balanced: every class ~ equal).
+    assert abs(realised.sum() - n.sum()) <= 4 * np.sqrt((sd**2).sum())
+    assert realised[3] > 3 * counts[3]
+
+
+def test_resampling_draws_are_seeded_per_row_and_epoch():
+    tiny = _jpeg(size=4)
+    keys = [f"{i:04d}" for i in range(200)]
+
+    def run(seed, shard, order):
+        batch = {
+            "__key__": np.array([keys[i] for i in order], dtype=object),
+            "__url__": np.array(["/d/0.tar"] * len(order), dtype=object),
+            "__shard__": np.full(len(order), shard),
+            "jpg": np.array([tiny] * len(order), dtype=object),
+            "txt": np.array([b""] * len(order), dtype=object),
+            "json": np.array([b'{"label": 0}'] * len(order), dtype=object),
+        }
+        out = decode_batch(batch, image_size=4, num_classes=1, repeat_factors=np.array([1.5]), seed=seed)
+        return Counter(out["key"].tolist())
+
+    order = list(range(200))
+    first = run(5, 0, order)
+    # Same seed, shard position and keys: the same repeats, whatever the batch order.
+    assert run(5, 0, order[::-1]) == first
+    # Another epoch's pass over the shard (another position in the stream) or another seed draws anew.
+    assert run(5, 200, order) != first and run(6, 0, order) != first
+    assert 60 < sum(v - 1 for v in first.values()) < 140  # Binomial(200, 0.5) extra copies
+
+
+# ------------------------------------------------------------------------------------ check-shards on Ray
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory):
+    """Six listed shards: 5 good; 3 good + 7 bad samples; a tar cut inside its 4th sample; an empty tar; a
+    parquet named .tar; one that does not exist. Beside them an img2dataset side file."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "00000.tar").write_bytes(_tar(_good(5, "s0k")))
+    bad = (
+        _sample("g1")
+        + _sample("c1", jpg=b"not a jpeg at all")
+        + _sample("t1", jpg=JPG[: len(JPG) // 3])  # truncated JPEG
+        + _sample("m1", txt=None)  # missing text
+        + _sample("l1", meta=False)  # missing label json
+        + _sample("u1", label=9)  # unknown label (3 classes)
+        + _sample("d1")
+        + [("d1.txt", b"again")]  # duplicate member
+        + _sample("a")
+        + _sample("b")
+        + [("a.json", b'{"label": 1}')]  # non-contiguous key
+    )
+    (d / "00001.tar").write_bytes(_tar(bad))
+    (d / "00002.tar").write_bytes(CUT_INSIDE)  # 3 complete samples, then cut inside the 4th
+    (d / "00003.tar").write_bytes(_tar([]))
+    (d / "00004.tar").write_bytes(b"PAR1" + b"\0\1" * 600)
+    (d / "00000.parquet").write_bytes(b"PAR1")
+    return d
+
+
+EXPECTED_SKIPPED = {
+    "corrupt_image": 2,
+    "duplicate_member": 1,
+    "missing_label": 1,
+    "missing_text": 1,
+    "non_contiguous_key": 1,
+    "unknown_label": 1,
+}
+
+
+def _check_shards(argv, capsys):
+    from system.cli import main
+
+    code = main(["check-shards", *argv])
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for this module's check-shards runs (check-shards leaves a caller's Ray running)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_check_shards_counts_every_fault_and_loses_no_good_sample(bad_folder, local_ray, capsys):
+    spec = f"{bad_folder}/{{00000..00005}}.tar::{bad_folder}/00000.parquet"
+    code, lines, err = _check_shards([spec, "--class-count", "3", "--cpus", "2"], capsys)
+    assert code == 0, err
+    result = json.loads(lines[-1])
+    # 5 (shard 0) + g1, a, b (shard 1) + 3 before the cut (shard 2): a shard fault loses no other shard's samples.
+    assert result["good"] == 11
+    assert result["skipped"] == EXPECTED_SKIPPED
+    assert result["failed_shards"] == [
+        {"path": f"{bad_folder}/00002.tar", "reason": "truncated"},
+        {"path": f"{bad_folder}/00003.tar", "reason": "empty"},
+        {"path": f"{bad_folder}/00004.tar", "reason": "not_a_tar"},
+        {"path": f"{bad_folder}/00005.tar", "reason": "missing"},
+    ]
+    assert result["shards"] == 6 and result["ignored_files"] == 1 and result["rows_out"] == 11
+    assert result["seconds"] > 0
+
+    # --strict: the first fault stops the check, exit 1, the message names the shard.
+    code, lines, err = _check_shards(
+        [f"{bad_folder}/00001.tar", "--class-count", "3", "--cpus", "2", "--strict"], capsys
+    )
+    assert code == 1
+    assert f"{bad_folder}/00001.tar" in err and "(data.strict)" in err
+
+
+def test_check_shards_user_errors_exit_2(tmp_path, capsys):
+    code, _, err = _check_shards([str(tmp_path / "nope" / "{0..3}.tar")], capsys)
+    assert code == 2 and "none of its 4 shard(s) exists" in err
+    (tmp_path / "side.parquet").write_bytes(b"x")
+    code, _, err = _check_shards([str(tmp_path)], capsys)
+    assert code == 2 and "no .tar shards" in err
+
+
+def test_ledger_summary_and_report_line():
+    from system.ray_reader import data_line, summarize
+
+    shards = [
+        {"url": "/d/0.tar", "rows": 10, "skipped": {"duplicate_member": 1}, "fault": None, "detail": ""},
+        {"url": "/d/1.tar", "rows": 3, "skipped": {}, "fault": "truncated", "detail": "cut"},
+        {"url": "/d/1.tar", "rows": 3, "skipped": {}, "fault": "truncated", "detail": "cut"},  # 2nd epoch
+    ]
+    batches = [{"rows": 8, "skipped": {"corrupt_image": 2}}, {"rows": 8, "skipped": {}}]
+    s = summarize(shards, batches)
+    assert s["good"] == 14 and s["rows_read"] == 16 and s["shards"] == 3
+    assert s["skipped"] == {"corrupt_image": 2, "duplicate_member": 1}
+    assert s["failed_shards"] == [
+        {"path": "/d/1.tar", "reason": "truncated", "detail": "cut"}
+    ]  # once per path
+    assert data_line(s) == (
+        "14 good samples from 3 shard reads; skipped: corrupt_image 2, duplicate_member 1; "
+        "failed shards: 1 (/d/1.tar (truncated))"
+    )
