@@ -19,10 +19,17 @@ to the same N cores (CPU affinity), each producing the training's batches (uint8
 Class resampling is off in both (`data.resample=none`): it changes which rows repeat, not what a row costs, and
 keeping it off makes images/s the same quantity on both sides. Throughput is steady state: the first
 `--warmup` batches are excluded, and with them everything before them (interpreter and Ray start-up, pipeline
-planning, actor and DataLoader worker start). CPU-seconds per 1,000 images are over the same steady window,
+planning, actor and DataLoader worker start). Ray Data keeps decoding while the driver starts up, so the first
+batches come out of a buffer: the default windows (30 warm-up + 150 timed batches of 64) keep that buffer a
+small share of the timed rows; a short window overstates ours. CPU-seconds per 1,000 images are over the same steady window,
 summed over every process of the tree (Ray's gcs, raylet and workers; the DataLoader workers) from psutil
 before and after it. Peak RSS is sampled (every 0.5 s) over the whole tree and the whole run; it sums the
 processes, so pages they share (Ray's object store) count once per process.
+
+Multi-process pipelines take a larger share of contended cores than their fair one (ours starts more processes
+than the peer): images/s under a load average above the core count is noise; CPU-s per 1k images is the
+steadier figure. `--set` passes config overrides to both runs (data.decode_cpus, data.filter_actor_cpus,
+data.decode_batch_size, data.filter_actors: the knobs of our pipeline, used by training as well).
 
 `--scale K` runs ours again over K times the shard list (each shard K times, in a new order each pass) to the
 end, and reports peak RSS at 1x and Kx: a streaming pipeline's memory does not grow with the data.

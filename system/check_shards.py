@@ -129,28 +129,11 @@ def _check(cfg, manifest, classes, shards, t0: float) -> int:
 
 def _with_text(cfg, manifest, ds):
     """The text-filter stage of the train stream, as the run builds it (pools from the dataset's class text)."""
-    from ray.data import ActorPoolStrategy
-
-    from system.text.pairing import TextPairer
+    from system.ray_data import with_text_pairing
     from system.text.prepare import prepare_text_pools
 
     pools, _ = prepare_text_pools(cfg.data, manifest)
-    return ds.map_batches(
-        TextPairer,
-        fn_constructor_kwargs={
-            "pools": pools,
-            "class_names": manifest.class_names,
-            "arch": cfg.model.arch,
-            "scorer": cfg.data.text_scorer,
-            "threshold": cfg.data.filter_threshold,
-            "caption_prob": cfg.data.caption_prob,
-            "seed": cfg.run.seed,
-        },
-        compute=ActorPoolStrategy(size=1),
-        batch_size=cfg.data.decode_batch_size,
-        batch_format="numpy",
-        num_cpus=0.5,
-    )
+    return with_text_pairing(cfg, manifest, ds, pools)
 
 
 def _data_fault(e: BaseException) -> str | None:

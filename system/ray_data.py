@@ -127,6 +127,13 @@ def train_dataset(
     """
     ordered = epoch_shard_order(list(paths), cfg.train.epochs, cfg.run.seed)
     ds = decoded_split(cfg, manifest, ordered, resample=cfg.data.resample, augment=True, ledger=ledger)
+    return with_text_pairing(cfg, manifest, ds, pools)
+
+
+def with_text_pairing(
+    cfg: Config, manifest: Manifest, ds: ray.data.Dataset, pools: dict[int, list[str]]
+) -> ray.data.Dataset:
+    """The text-filter stage: an actor pool pairing each decoded row with filtered class text, tokenized."""
     return ds.map_batches(
         TextPairer,
         fn_constructor_kwargs={

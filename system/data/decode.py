@@ -74,6 +74,22 @@ def _repeat_draw(seed: int, row: dict) -> float:
     return float(np.random.default_rng([w % 2**63 for w in words]).random())
 
 
+def _text_draw(seed: int, row: dict, copy: int) -> int:
+    """A 63-bit seed for the text stage's choice for one output row (which caption or pool sentence it gets):
+    a function of the run seed, the shard position (new every epoch), the key and the copy index, so text
+    pairing is reproducible whatever the actor count, batching or process ids."""
+    shard = row.get("__shard__")
+    words = [
+        seed,
+        2,
+        -1 if shard is None else int(shard),
+        zlib.crc32(_as_text(row.get("__url__")).encode("utf-8")),
+        zlib.crc32(_as_text(row.get("__key__")).encode("utf-8")),
+        copy,
+    ]
+    return int(np.random.default_rng([w % 2**63 for w in words]).integers(2**63))
+
+
 def decode_batch(
     batch: dict[str, np.ndarray],
     image_size: int,
@@ -87,7 +103,8 @@ def decode_batch(
 ) -> dict[str, np.ndarray]:
     """Decode a batch of raw rows (`__key__`, `jpg`, `txt`, `json` bytes) into training columns.
 
-    Returns `image` uint8 [N, S, S, 3], `label` int64 [N], `caption` str [N], `key` str [N], and `skipped`
+    Returns `image` uint8 [N, S, S, 3], `label` int64 [N], `caption` str [N], `key` str [N], `draw` int64 [N]
+    (the text stage's per-row seed), and `skipped`
     reasons are tallied in `decode_batch.last_skipped` for the caller's log. With `repeat_factors`, each row is
     repeated floor(r) times plus once more with probability frac(r) (stochastic rounding keeps the expectation
     exact while streaming, no global view of the data needed). With `augment`, each output row is a random-resized
@@ -102,7 +119,7 @@ def decode_batch(
     keys = batch.get("__key__")
     n = len(keys) if keys is not None else 0
     rng = np.random.default_rng(seed)
-    images, labels, captions, out_keys = [], [], [], []
+    images, labels, captions, out_keys, draws = [], [], [], [], []
     skipped: Counter[str] = Counter()
     examples: list[str] = []
     for i in range(n):
@@ -147,6 +164,7 @@ def decode_batch(
             labels.append(label)
             captions.append(_as_text(row.get("txt")).strip())
             out_keys.append(_as_text(row.get("__key__")))
+            draws.append(int(rng.integers(2**63)) if seed is None else _text_draw(seed, row, rep))
     decode_batch.last_skipped = skipped  # type: ignore[attr-defined]
     if counts is not None:
         counts.update(skipped)
@@ -166,4 +184,5 @@ def decode_batch(
         "label": np.asarray(labels, dtype=np.int64),
         "caption": np.asarray(captions, dtype=object),
         "key": np.asarray(out_keys, dtype=object),
+        "draw": np.asarray(draws, dtype=np.int64),  # per-row seed of the text stage's choice
     }

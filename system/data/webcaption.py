@@ -141,15 +141,21 @@ class CaptionMatcher:
 
 
 def _expand(spec: str) -> list[str]:
-    from system.bench_train import expand_shard_spec
+    """Local shard paths of `spec` (brace ranges, globs, folders; side files ignored), all present."""
+    from system.data.shard_spec import exists, resolve_shards
 
     try:
-        paths = expand_shard_spec(spec)
-    except FileNotFoundError as err:
-        raise DatasetError(str(err).replace("--shards", "--web-shards")) from None
-    if not paths:
-        raise DatasetError(f"--web-shards {spec!r} matches no .tar file")
-    return paths
+        shards = resolve_shards(spec)
+    except DatasetError as err:
+        raise DatasetError(f"--web-shards: {err}") from None
+    if "://" in shards.urls[0]:
+        raise DatasetError(
+            f"--web-shards {spec!r}: build from local shards (copy them from the object store)"
+        )
+    missing = [u for u, ok in zip(shards.urls, exists(shards.urls), strict=True) if not ok]
+    if missing:
+        raise DatasetError(f"--web-shards: missing shard file(s): {missing[:3]}")
+    return shards.urls
 
 
 def _members(path: str) -> Iterator[tuple[str, dict[str, tarfile.TarInfo], tarfile.TarFile]]:

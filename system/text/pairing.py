@@ -7,7 +7,6 @@ irrelevant web boilerplate, it gets a sentence sampled from its class's filtered
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -36,21 +35,32 @@ class TextPairer:
         self.threshold = threshold
         self.caption_prob = caption_prob
         self.tokenizer = tokenizer_for(arch)
-        # One stream per actor process: seeded runs are reproducible for a fixed actor count.
-        self.rng = np.random.default_rng(None if seed is None else (seed, os.getpid() % 2**16))
+        # Rows carry their own seed (`draw`, from the decode stage), so the pairing does not depend on which
+        # actor gets a batch; this stream only serves rows without one (direct calls).
+        self.rng = np.random.default_rng(seed)
         self.replaced = 0
         self.rows = 0
 
-    def choose(self, caption: str, label: int) -> str:
+    def choose(self, caption: str, label: int, rng: np.random.Generator | None = None) -> str:
+        rng = rng or self.rng
         self.rows += 1
-        if caption and self.rng.random() < self.caption_prob:
+        if caption and rng.random() < self.caption_prob:
             if is_relevant_caption(self.scorer, caption, label, self.threshold):
                 return caption
             self.replaced += 1
         pool = self.pools[label]
-        return pool[int(self.rng.integers(len(pool)))]
+        return pool[int(rng.integers(len(pool)))]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        texts = [self.choose(str(c), int(y)) for c, y in zip(batch["caption"], batch["label"], strict=True)]
+        draws = batch.get("draw")
+        rngs = (
+            [np.random.default_rng(int(d)) for d in draws]
+            if draws is not None
+            else [None] * len(batch["label"])
+        )
+        texts = [
+            self.choose(str(c), int(y), r)
+            for c, y, r in zip(batch["caption"], batch["label"], rngs, strict=True)
+        ]
         tokens = self.tokenizer(texts).numpy().astype(np.int64) if texts else np.zeros((0, 1), np.int64)
         return {"image": batch["image"], "label": batch["label"], "text": tokens}  # text: [N, L]
