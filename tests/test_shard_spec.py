@@ -3,7 +3,6 @@ server on 127.0.0.1, a dataset uploaded to it, read back through our pipeline on
 
 import json
 import os
-import socket
 
 import pytest
 
@@ -67,49 +66,6 @@ def test_url_helpers():
 
 
 # ------------------------------------------------------------------------------------ s3 (moto server)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_dataset(tiny_dataset):
-    """The tiny dataset uploaded to bucket `uniproto` of a moto S3 server; AWS_* point at it (fake keys)."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import pyarrow.fs as pafs
-
-    s3 = pafs.S3FileSystem(
-        endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
-    )
-    s3.create_dir("uniproto")
-    pafs.copy_files(
-        str(tiny_dataset), "uniproto/ds", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3
-    )
-    try:
-        yield "s3://uniproto/ds"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.integration
