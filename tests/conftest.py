@@ -11,6 +11,19 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pipeline_argv(sets: dict, *extra: str, config: str = "pipelines/configs/demo.yaml") -> list[str]:
+    """The argv of a pipeline's main(): --config, then `extra` flags, then one --set per entry of `sets`."""
+    out = ["--config", config, *extra]
+    for key, value in sets.items():
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+@pytest.fixture
+def argv():
+    return pipeline_argv
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """6 classes, 120 -> 3 train images (many, medium and few groups all present), 32 px, small shards."""

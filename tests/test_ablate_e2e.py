@@ -10,8 +10,8 @@ import ray
 pytestmark = pytest.mark.integration
 
 
-def _argv(root, tmp_path):
-    sets = {
+def _sets(root, tmp_path):
+    return {
         "data.root": root,
         "run.output_dir": tmp_path,
         "run.name": "abl",
@@ -23,20 +23,20 @@ def _argv(root, tmp_path):
         "eval.stage1_val_samples": 24,
         "ray.no_progress_timeout_s": 120,
     }
-    out = ["--config", "pipelines/configs/demo.yaml", "--arms", "baseline,no_text", "--seeds", "0,1"]
-    for k, v in sets.items():
-        out += ["--set", f"{k}={v}"]
-    return out
 
 
 @pytest.mark.timeout(1500)
-def test_ablate_baseline_and_no_text_two_seeds_then_resume(tiny_dataset, tmp_path, capsys):
+def test_ablate_baseline_and_no_text_two_seeds_then_resume(tiny_dataset, tmp_path, capsys, argv):
     from pipelines.ablate import main as ablate
 
+    arms = ("--arms", "baseline,no_text", "--seeds", "0,1")
+
     try:
-        report = ablate(_argv(tiny_dataset, tmp_path))
+        report = ablate(argv(_sets(tiny_dataset, tmp_path), *arms))
         last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        again = ablate(_argv(tiny_dataset, tmp_path))  # same run: every seed is restored, none retrained
+        again = ablate(
+            argv(_sets(tiny_dataset, tmp_path), *arms)
+        )  # same run: every seed is restored, none retrained
     finally:
         ray.shutdown()
     assert set(last) == {"baseline", "no_text"}

@@ -7,8 +7,8 @@ import ray
 pytestmark = pytest.mark.integration
 
 
-def _argv(root, tmp_path, epochs):
-    sets = {
+def _sets(root, tmp_path, epochs):
+    return {
         "data.root": root,
         "ray.storage_path": "s3://uniproto/runs",
         "run.output_dir": tmp_path,
@@ -20,21 +20,17 @@ def _argv(root, tmp_path, epochs):
         "eval.stage1_val_samples": 24,
         "ray.no_progress_timeout_s": 120,
     }
-    out = ["--config", "pipelines/configs/demo.yaml"]
-    for k, v in sets.items():
-        out += ["--set", f"{k}={v}"]
-    return out
 
 
 @pytest.mark.timeout(900)
-def test_stage1_on_s3_checkpoints_to_the_bucket_and_resumes(s3_dataset, tmp_path, capfd):
+def test_stage1_on_s3_checkpoints_to_the_bucket_and_resumes(s3_dataset, tmp_path, capfd, argv):
     import pyarrow.fs as pafs
 
     from pipelines.pretrain import main as pretrain
 
     try:
-        first = pretrain(_argv(s3_dataset, tmp_path, epochs=1))
-        second = pretrain(_argv(s3_dataset, tmp_path, epochs=2))
+        first = pretrain(argv(_sets(s3_dataset, tmp_path, epochs=1)))
+        second = pretrain(argv(_sets(s3_dataset, tmp_path, epochs=2)))
     finally:
         ray.shutdown()
     assert "resumed after epoch 1 (step 7)" in capfd.readouterr().out

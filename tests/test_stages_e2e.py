@@ -9,8 +9,8 @@ import ray
 pytestmark = pytest.mark.integration
 
 
-def _args(root, tmp_path, epochs):
-    sets = {
+def _sets(root, tmp_path, epochs):
+    return {
         "data.root": root,
         "run.output_dir": tmp_path,
         "run.name": "stages",
@@ -21,20 +21,16 @@ def _args(root, tmp_path, epochs):
         "ray.no_progress_timeout_s": 120,
         "data.resample": "none",  # exact row counts, so the step counter is known in advance
     }
-    out = ["--config", "pipelines/configs/demo.yaml"]
-    for k, v in sets.items():
-        out += ["--set", f"{k}={v}"]
-    return out
 
 
 @pytest.mark.timeout(1200)
-def test_pretrain_finetune_and_resume(tiny_dataset, tmp_path, capfd):
+def test_pretrain_finetune_and_resume(tiny_dataset, tmp_path, capfd, argv):
     from pipelines.finetune import main as finetune
     from pipelines.pretrain import main as pretrain
 
     # 6 classes, 120+57+27+13+6+3 = 226 rows/epoch split 113 per worker, batches of 16: 7 steps per epoch.
     try:
-        first = pretrain(_args(tiny_dataset, tmp_path, epochs=1))
+        first = pretrain(argv(_sets(tiny_dataset, tmp_path, epochs=1)))
         assert first["metrics"]["epoch"] == 1 and first["metrics"]["step"] == 7
         assert {
             "contrastive_loss",
@@ -47,11 +43,11 @@ def test_pretrain_finetune_and_resume(tiny_dataset, tmp_path, capfd):
         run_dir = tmp_path / "stages"
         assert json.loads((run_dir / "stage1.json").read_text())["checkpoint"] == first["checkpoint"]
 
-        second = pretrain(_args(tiny_dataset, tmp_path, epochs=2))  # same name: resumes after epoch 1
+        second = pretrain(argv(_sets(tiny_dataset, tmp_path, epochs=2)))  # same name: resumes after epoch 1
         assert second["metrics"]["epoch"] == 2 and second["metrics"]["step"] == 14
         assert "resumed after epoch 1 (step 7)" in capfd.readouterr().out
 
-        tuned = finetune(_args(tiny_dataset, tmp_path, epochs=2))
+        tuned = finetune(argv(_sets(tiny_dataset, tmp_path, epochs=2)))
     finally:
         ray.shutdown()
     for key in ("overall", "many", "medium", "few"):

@@ -60,34 +60,32 @@ def _skip(skipped: Counter[str], examples: list[str], reason: str, row: dict) ->
         examples.append(f"{_as_text(row.get('__url__')) or '?'}:{_as_text(row.get('__key__'))} ({reason})")
 
 
-def _repeat_draw(seed: int, row: dict) -> float:
-    """A uniform in [0, 1) for one row's resampling draw: a 5-word seed, so the stream is apart from the
-    4-word augmentation streams of system.data.augment.row_rng."""
+def _row_generator(seed: int, stream: int, row: dict, *extra: int) -> np.random.Generator:
+    """A generator for one row's draws in one `stream` (1: resampling, 2: text choice): a function of the run
+    seed, the row's shard position (new every epoch), its shard and key, and `extra`. Its seed has more words
+    than the 4-word augmentation streams of system.data.augment.row_rng, so no two streams coincide."""
     shard = row.get("__shard__")
     words = [
         seed,
-        1,
+        stream,
         -1 if shard is None else int(shard),
         zlib.crc32(_as_text(row.get("__url__")).encode("utf-8")),
         zlib.crc32(_as_text(row.get("__key__")).encode("utf-8")),
+        *extra,
     ]
-    return float(np.random.default_rng([w % 2**63 for w in words]).random())
+    return np.random.default_rng([w % 2**63 for w in words])
+
+
+def _repeat_draw(seed: int, row: dict) -> float:
+    """A uniform in [0, 1) for one row's resampling draw."""
+    return float(_row_generator(seed, 1, row).random())
 
 
 def _text_draw(seed: int, row: dict, copy: int) -> int:
-    """A 63-bit seed for the text stage's choice for one output row (which caption or pool sentence it gets):
-    a function of the run seed, the shard position (new every epoch), the key and the copy index, so text
-    pairing is reproducible whatever the actor count, batching or process ids."""
-    shard = row.get("__shard__")
-    words = [
-        seed,
-        2,
-        -1 if shard is None else int(shard),
-        zlib.crc32(_as_text(row.get("__url__")).encode("utf-8")),
-        zlib.crc32(_as_text(row.get("__key__")).encode("utf-8")),
-        copy,
-    ]
-    return int(np.random.default_rng([w % 2**63 for w in words]).integers(2**63))
+    """A 63-bit seed for the text stage's choice for one output row (which caption or pool sentence it gets),
+    per copy of a resampled row: text pairing is then reproducible whatever the actor count, batching or
+    process ids."""
+    return int(_row_generator(seed, 2, row, copy).integers(2**63))
 
 
 def decode_batch(
