@@ -184,7 +184,7 @@ def plot(path: Path, summary: dict[str, dict[str, Any]], title: str) -> None:
     names = list(summary)
     x = np.arange(len(GROUPS))
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     for i, name in enumerate(names):
         means = [summary[name][g]["mean"] or 0.0 for g in GROUPS]
         stds = [summary[name][g]["std"] or 0.0 for g in GROUPS]
@@ -193,7 +193,8 @@ def plot(path: Path, summary: dict[str, dict[str, Any]], title: str) -> None:
     ax.set_ylabel("top-1 (%)")
     ax.set_ylim(0, 105)
     ax.set_title(title)
-    ax.legend(fontsize=8, ncols=3, loc="lower left")
+    # below the axes: inside, the legend would hide the bars of some group
+    ax.legend(fontsize=8, ncols=min(len(names), 6), loc="upper center", bbox_to_anchor=(0.5, -0.07))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
