@@ -136,6 +136,8 @@ class FinetuneSection:
     weight_decay: float = knob(5e-4, lo=0.0)
     balanced_sampling: Literal["none", "sqrt", "balanced"] = "sqrt"
     proto_scale: float = knob(16.0, gt=0.0)  # s_p: scale of the cosine prototype logits
+    # post-hoc logit adjustment of the learnable head (Menon et al.): tau * log(prior) subtracted at inference
+    logit_adjust_tau: float = knob(0.0, lo=0.0)
     batch_size: int = knob(128, lo=1)  # head training batch (small data wants more steps per epoch)
     lambda_points: int = knob(101, lo=2)  # resolution of the lambda curve evaluated on val
     # lambda: None = chosen on the selection split from the curve; a number fixes it (best.yaml sets it)

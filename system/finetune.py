@@ -46,13 +46,31 @@ def fit_stage2(
     return head, mu
 
 
+def logit_adjustment(train_counts: list[int], tau: float) -> torch.Tensor | None:
+    """tau * log(prior_c) [K] (Menon et al., post-hoc), subtracted from the head's logits; None when tau = 0.
+    Counts are clamped to >= 1, as in system.heads.PrototypeGuidedClassifier."""
+    if tau <= 0:
+        return None
+    counts = torch.as_tensor(train_counts, dtype=torch.float64).clamp(min=1.0)  # [K]
+    return (tau * (counts / counts.sum()).log()).float()
+
+
 @torch.no_grad()
 def branch_logits(
-    head: torch.nn.Module, mu: torch.Tensor, features: np.ndarray, labels: np.ndarray, proto_scale: float
+    head: torch.nn.Module,
+    mu: torch.Tensor,
+    features: np.ndarray,
+    labels: np.ndarray,
+    proto_scale: float,
+    adjust: torch.Tensor | None = None,
 ) -> BranchLogits:
+    """Both branches' logits; `adjust` [K] (from `logit_adjustment`) is subtracted from the head's only: class
+    means carry no class-frequency scale."""
     f = torch.from_numpy(features)
     head.eval()
     head_logits = head(f)  # [N, K]
+    if adjust is not None:
+        head_logits = head_logits - adjust  # [N, K]
     proto_logits = proto_scale * torch.nn.functional.normalize(f, dim=1) @ mu.T  # [N, K]
     return BranchLogits(head_logits.numpy(), proto_logits.numpy(), labels)
 

@@ -29,7 +29,14 @@ from ray import tune
 from system.config import Config, ConfigError, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.diagnostics import centroid_geometry, geometry_summary
-from system.finetune import BranchLogits, branch_logits, fit_stage2, lambda_candidates, select_lambda
+from system.finetune import (
+    BranchLogits,
+    branch_logits,
+    fit_stage2,
+    lambda_candidates,
+    logit_adjustment,
+    select_lambda,
+)
 from system.heads import positive_bias
 from system.ray_data import configure_data_context, extract_features
 from system.ray_monitor import EpochReports
@@ -59,7 +66,8 @@ def run_stage2(
     }
     head, mu = fit_stage2(*feats["train"], manifest.num_classes, cfg.finetune, cfg.run.seed)
     sel, rep = cfg.eval.select_split, cfg.eval.report_split
-    logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale) for s in (sel, rep)}
+    adjust = logit_adjustment(manifest.train_counts, cfg.finetune.logit_adjust_tau)
+    logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale, adjust) for s in (sel, rep)}
     candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, lambda_spec)
     lam, acc, grid, curve = select_lambda(logits[sel], cfg.finetune.lambda_points, candidates)
     # Diagnostics: class-centroid geometry of the stage-1 features, and the head's positive bias.

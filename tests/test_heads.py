@@ -299,3 +299,26 @@ def test_leave_one_out_class_mean_hand_computed():
     sums5 = torch.zeros(4, 2).index_add_(0, y5, f5)
     pred = loo(f5, y5, sums5, torch.bincount(y5, minlength=4))
     assert pred[4] != 2 and (pred != 3).all()
+
+
+def test_stage2_logit_adjustment_matches_the_classifier_and_leaves_the_prototypes_alone():
+    from system.finetune import branch_logits, logit_adjustment
+
+    assert logit_adjustment([10, 1], 0.0) is None
+    adj = logit_adjustment([3, 1], 2.0)  # tau * log([0.75, 0.25])
+    assert torch.allclose(adj, torch.tensor([2.0 * math.log(0.75), 2.0 * math.log(0.25)]))
+    head = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2))
+    f = np.array([[1.0, 0.9]], dtype=np.float32)  # the head prefers class 0 by 0.1 ...
+    mu = torch.eye(2)
+    plain = branch_logits(head, mu, f, np.array([1]), 16.0)
+    adjusted = branch_logits(head, mu, f, np.array([1]), 16.0, adj)
+    assert plain.head.argmax() == 0 and adjusted.head.argmax() == 1  # ... until the prior is taken out
+    assert np.allclose(adjusted.proto, plain.proto)
+    clf = PrototypeGuidedClassifier(2, 2, prototypes=mu, lam=0.0, logit_adjust_tau=2.0, class_counts=[3, 1])
+    with torch.no_grad():
+        clf.head.weight.copy_(head.weight)
+        clf.head.bias.zero_()
+    clf.eval()
+    assert np.allclose(clf(torch.from_numpy(f))["head_logits"].detach().numpy(), adjusted.head, atol=1e-6)
