@@ -269,8 +269,8 @@ def _ours_child(argv: list[str]) -> int:
 
     original = rp.run_stage1
 
-    def run_stage1(cfg, shared, name, callbacks=None):
-        return original(cfg, shared, name, callbacks=[*(callbacks or []), _recorder(record_path)])
+    def run_stage1(cfg, shared, name, callbacks=None, **kwargs):
+        return original(cfg, shared, name, callbacks=[*(callbacks or []), _recorder(record_path)], **kwargs)
 
     rp.run_stage1 = run_stage1
     out = pretrain.main(rest)

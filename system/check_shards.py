@@ -146,10 +146,18 @@ def _data_fault(e: BaseException) -> str | None:
             continue
         seen.add(id(x))
         if isinstance(x, DataFault):
-            return str(x).splitlines()[-1] if "\n" in str(x) else str(x)
+            # Ray's wrapper puts a traceback before our message and may add retry hints after it: take the
+            # line that carries the strict-mode marker.
+            return _strict_line(str(x)) or str(x).strip().splitlines()[-1]
         stack += [x.__cause__, x.__context__, getattr(x, "cause", None)]
+    return _strict_line(str(e))
+
+
+def _strict_line(text: str) -> str | None:
+    """The last line of `text` naming a strict-mode fault (every DataFault message carries "data.strict")."""
+    lines = [line.strip() for line in text.splitlines() if "data.strict" in line]
+    if not lines:
+        return None
+    line = lines[-1]
     marker = "DataFault: "
-    text = str(e)
-    if marker in text:
-        return text[text.rindex(marker) + len(marker) :].splitlines()[0]
-    return None
+    return line[line.rindex(marker) + len(marker) :] if marker in line else line

@@ -102,7 +102,8 @@ def test_benchmark_end_to_end_json_last_line(photo_shards, capsys):
     assert result["ours"] > 0 and result["peer"] > 0
     assert result["ratio"] == pytest.approx(result["ours"] / result["peer"], abs=2e-3)
     for side in ("ours", "peer"):
-        assert result["cpu_s_per_1k"][side] > 0 and result["peak_rss_mb"][side] > 0
+        # 4 tiny timed batches can fit inside one CPU clock tick (a prefetching side then shows 0.0 CPU-s)
+        assert result["cpu_s_per_1k"][side] >= 0 and result["peak_rss_mb"][side] > 0
         assert result[f"{side}_detail"]["images"] == 4 * 16  # four full batches after the warm-up
     assert result["cpus"] == 1 and result["batch"] == 16 and result["shards"] == 8
     assert any(line.startswith("[bench] ours (Ray Data") for line in lines)

@@ -50,9 +50,22 @@ def join(root: str, *parts: str) -> str:
     return str(Path(root).resolve().joinpath(*parts))
 
 
+# The environment that decides where and as whom a filesystem connects: a cached filesystem is reused only
+# while these are unchanged (a changed endpoint must not be served by a client built for the old one).
+_STORE_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
+
+
 @lru_cache(maxsize=16)
-def _store(scheme: str, bucket: str) -> pafs.FileSystem:
-    # One filesystem per bucket and process: from_uri may look the bucket's region up (one request).
+def _store(scheme: str, bucket: str, env: tuple[str | None, ...]) -> pafs.FileSystem:
+    # One filesystem per bucket, process and environment: from_uri may look the bucket's region up (one request).
     fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
     return fs
 
@@ -67,7 +80,7 @@ def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
     if not bucket:
         raise DatasetError(f"{path}: no bucket in the URL")
     try:
-        return _store(scheme, bucket), rest.rstrip("/")
+        return _store(scheme, bucket, tuple(os.environ.get(k) for k in _STORE_ENV)), rest.rstrip("/")
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot open the object store ({e})") from None
 
