@@ -60,9 +60,9 @@ def _skip(skipped: Counter[str], examples: list[str], reason: str, row: dict) ->
         examples.append(f"{_as_text(row.get('__url__')) or '?'}:{_as_text(row.get('__key__'))} ({reason})")
 
 
-def _row_generator(seed: int, stream: int, row: dict, *extra: int) -> np.random.Generator:
+def _row_generator(seed: int, stream: int, row: dict) -> np.random.Generator:
     """A generator for one row's draws in one `stream` (1: resampling, 2: text choice): a function of the run
-    seed, the row's shard position (new every epoch), its shard and key, and `extra`. Its seed has more words
+    seed, the row's shard position (new every epoch), and its shard and key. Its seed has more words
     than the 4-word augmentation streams of system.data.augment.row_rng, so no two streams coincide."""
     shard = row.get("__shard__")
     words = [
@@ -71,7 +71,6 @@ def _row_generator(seed: int, stream: int, row: dict, *extra: int) -> np.random.
         -1 if shard is None else int(shard),
         zlib.crc32(_as_text(row.get("__url__")).encode("utf-8")),
         zlib.crc32(_as_text(row.get("__key__")).encode("utf-8")),
-        *extra,
     ]
     return np.random.default_rng([w % 2**63 for w in words])
 
@@ -81,11 +80,11 @@ def _repeat_draw(seed: int, row: dict) -> float:
     return float(_row_generator(seed, 1, row).random())
 
 
-def _text_draw(seed: int, row: dict, copy: int) -> int:
-    """A 63-bit seed for the text stage's choice for one output row (which caption or pool sentence it gets),
-    per copy of a resampled row: text pairing is then reproducible whatever the actor count, batching or
-    process ids."""
-    return int(_row_generator(seed, 2, row, copy).integers(2**63))
+def _text_draws(seed: int, row: dict, copies: int) -> list[int]:
+    """63-bit seeds for the text stage's choice, one per output copy of a row (which caption or pool sentence
+    it gets): text pairing is then reproducible whatever the actor count, batching or process ids. One
+    generator per row, whatever the number of copies (this runs for every row of the train stream)."""
+    return [int(x) for x in _row_generator(seed, 2, row).integers(2**63, size=copies)]
 
 
 def decode_batch(
@@ -155,6 +154,7 @@ def decode_batch(
             r = float(repeat_factors[label])
             u = rng.random() if seed is None else _repeat_draw(seed, row)
             reps = int(r) + int(u < r - int(r))
+        row_draws = rng.integers(2**63, size=reps) if seed is None else _text_draws(seed, row, reps)
         for rep in range(reps):
             if rep and augment is not None:
                 arr = decode_image(raw, image_size, augment, aug_rng)  # every copy gets its own crop
@@ -162,7 +162,7 @@ def decode_batch(
             labels.append(label)
             captions.append(_as_text(row.get("txt")).strip())
             out_keys.append(_as_text(row.get("__key__")))
-            draws.append(int(rng.integers(2**63)) if seed is None else _text_draw(seed, row, rep))
+            draws.append(int(row_draws[rep]))
     decode_batch.last_skipped = skipped  # type: ignore[attr-defined]
     if counts is not None:
         counts.update(skipped)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from system.text.filter import PROMPT_TEMPLATES
-from system.text.scorers import RelevanceScorer, register_scorer
+from system.text.scorers import BatchScorer, register_scorer
 
 if TYPE_CHECKING:
     from system.config import Config
@@ -53,7 +53,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-class AnchorScorer(RelevanceScorer):
+class AnchorScorer(BatchScorer):
     """Scores by cosine to class anchors, calibrated against off-topic anchors (module docstring)."""
 
     def __init__(
@@ -80,22 +80,15 @@ class AnchorScorer(RelevanceScorer):
         )
         self.off_topic = encoder.encode(list(off_topic)) if off_topic else None  # [J, d]
 
-    def score(self, sentence: str, label: int) -> float:
-        return self.score_many([sentence], label)[0]
-
-    def score_many(self, sentences: Sequence[str], label: int) -> list[float]:
-        if not 0 <= label < len(self.class_names):
-            raise ValueError(f"label {label} out of range for {len(self.class_names)} classes")
-        if not sentences:
-            return []
-        e = self.encoder.encode(list(sentences))  # [N, d]
+    def score_batch(self, sentences: list[str], label: int) -> np.ndarray:
+        e = self.encoder.encode(sentences)  # [N, d]
         sims = e @ self.anchors.T  # [N, K]
         own = sims[:, label]  # [N]
         score = own - (e @ self.off_topic.T).max(1) if self.off_topic is not None else own.copy()
         if self.contrast > 0 and len(self.class_names) > 1:
             nearest_other = np.delete(sims, label, axis=1).max(1)  # [N]
             score -= self.contrast * np.maximum(nearest_other - own, 0.0)
-        return [float(s) for s in score]
+        return score
 
 
 @register_scorer("minilm")

@@ -17,13 +17,13 @@ Centroids come from an .npy [K, d] file or are computed here from the dataset's 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from system.text.scorers import RelevanceScorer, register_scorer
+from system.text.scorers import BatchScorer, register_scorer
 
 if TYPE_CHECKING:
     from system.config import Config
@@ -88,7 +88,7 @@ def load_centroids(path: str | Path, num_classes: int) -> np.ndarray:
 
 
 @register_scorer("retrieval")
-class RetrievalScorer(RelevanceScorer):
+class RetrievalScorer(BatchScorer):
     """Text embedding of a trained model vs class image centroids (module docstring).
 
     `model`: a stage-1 checkpoint (model.pt, its directory, or a run directory) or an exported .safetensors;
@@ -145,16 +145,9 @@ class RetrievalScorer(RelevanceScorer):
             "image_size": cfg.data.image_size,
         }
 
-    def score(self, sentence: str, label: int) -> float:
-        return self.score_many([sentence], label)[0]
-
-    def score_many(self, sentences: Sequence[str], label: int) -> list[float]:
-        if not 0 <= label < len(self.class_names):
-            raise ValueError(f"label {label} out of range for {len(self.class_names)} classes")
-        if not sentences:
-            return []
-        sims = self.encoder.encode(list(sentences)) @ self.centroids.T  # [N, K]
+    def score_batch(self, sentences: list[str], label: int) -> np.ndarray:
+        sims = self.encoder.encode(sentences) @ self.centroids.T  # [N, K]
         score = sims[:, label].copy()
         if self.contrast and len(self.class_names) > 1:
             score -= np.delete(sims, label, axis=1).mean(1)
-        return [float(s) for s in score]
+        return score

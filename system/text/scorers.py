@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from system.text.attributes import attribute_words, normalise
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from system.config import Config
 
 SCORERS: dict[str, type[RelevanceScorer]] = {}
@@ -64,6 +66,24 @@ class RelevanceScorer:
     def score_many(self, sentences: Sequence[str], label: int) -> list[float]:
         """Scores of many sentences of one class; model-based scorers override this to batch."""
         return [self.score(s, label) for s in sentences]
+
+
+class BatchScorer(RelevanceScorer):
+    """A scorer that embeds sentences in batches: subclasses implement `score_batch` (label already checked,
+    at least one sentence); `score` is a batch of one."""
+
+    def score_batch(self, sentences: list[str], label: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, sentence: str, label: int) -> float:
+        return self.score_many([sentence], label)[0]
+
+    def score_many(self, sentences: Sequence[str], label: int) -> list[float]:
+        if not 0 <= label < len(self.class_names):
+            raise ValueError(f"label {label} out of range for {len(self.class_names)} classes")
+        if not sentences:
+            return []
+        return [float(x) for x in self.score_batch(list(sentences), label)]
 
 
 _MONTH = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
