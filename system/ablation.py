@@ -168,7 +168,7 @@ def markdown(summary: dict[str, dict[str, Any]], comparisons: list[dict[str, Any
         for r in comparisons
     )
     return (
-        f"Top-1 on `{split}` (%), mean ± std over seeds; hyperparameters and lambda chosen on val.\n\n{table}\n\n"
+        f"Top-1 on `{split}` (%), mean ± std over seeds; lambda (and any `--space` grid) chosen on val.\n\n{table}\n\n"
         "Differences of means; `(noise)` marks a difference smaller than two standard errors or one "
         f"{split} image.\n\n{diff_head}{diffs}\n"
     )
