@@ -24,7 +24,7 @@ from typing import Any
 from pipelines.common import parse_args, prepare_run
 from system import ablation as ab
 from system.config import ConfigError, load_config, save_config
-from system.spaces import load_space
+from system.spaces import Space, load_space, unused_keys
 
 
 def _ablate_args(p: argparse.ArgumentParser) -> None:
@@ -64,12 +64,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"--space {args.space}: the ablation takes grid entries other than run.seed, got {list(space)}"
         )
     root = base.run_dir
-    # Validate every arm's config before Ray starts: a bad override fails here, naming its key.
-    for arm in arms:
-        load_config(args.config, _arm_sets(args.set, arm, root))
+    spaces = arm_spaces(args.config, args.set, arms, space, root)
     root.mkdir(parents=True, exist_ok=True)
     save_config(base, root / "config.yaml")
-    return run_ablation(args, arms, seeds, space, root)
+    return run_ablation(args, arms, seeds, spaces, root)
+
+
+def arm_spaces(
+    config: str, user_sets: list[str], arms: list[str], space: Space, root: Path
+) -> dict[str, Space]:
+    """Each arm's grid. Loading every arm's config here validates it before Ray starts (a bad override fails
+    naming its key). An arm does not search a key it cannot use (tau_p in the contrastive arm): those trials
+    would only repeat the same training."""
+    spaces: dict[str, Space] = {}
+    for arm in arms:
+        unused = unused_keys(space, load_config(config, _arm_sets(user_sets, arm, root)))
+        for key, why in unused.items():
+            print(f"[uniproto] arm {arm}: {key} not searched ({why})", flush=True)
+        spaces[arm] = {k: v for k, v in space.items() if k not in unused}
+    return spaces
 
 
 def _arm_sets(user_sets: list[str], arm: str, root: Path) -> list[str]:
@@ -81,14 +94,14 @@ def _arm_sets(user_sets: list[str], arm: str, root: Path) -> list[str]:
 
 
 def run_ablation(
-    args: argparse.Namespace, arms: list[str], seeds: list[int], space: dict[str, Any], root: Path
+    args: argparse.Namespace, arms: list[str], seeds: list[int], spaces: dict[str, Space], root: Path
 ) -> dict[str, Any]:
+    """Train every arm over the seeds (and its grid in `spaces[arm]`), then read the variants off the trials."""
     from system.finetune import shot_accuracy_at
     from system.ray_cluster import init_ray
     from system.ray_sweep import load_branch_logits, run_sweep
 
     t0 = time.perf_counter()
-    seed_space = {**space, "run.seed": ("grid", seeds)}
     per_arm: dict[str, list[dict[str, Any]]] = {}
     text_quality: dict[str, Any] = {}
     manifest = cfg = None
@@ -101,12 +114,14 @@ def run_ablation(
         if q:
             text_quality[arm] = q
         with ctx.timer(f"arm {arm} ({i + 1}/{len(arms)}): {len(seeds)} seeds"):
-            out = run_sweep(cfg, seed_space, ctx.shared(), ctx.run_dir)
+            out = run_sweep(cfg, {**spaces[arm], "run.seed": ("grid", seeds)}, ctx.shared(), ctx.run_dir)
         per_arm[arm] = out["trials"]
         done = [t for t in out["trials"] if t["status"] == "completed"]
-        if len(done) < len(seeds):
+        if len(done) < len(out["trials"]):
             errors = [t.get("error", t["status"]).strip().splitlines()[-1] for t in out["trials"]]
-            raise RuntimeError(f"arm {arm}: {len(done)} of {len(seeds)} seeds completed; errors: {errors}")
+            raise RuntimeError(
+                f"arm {arm}: {len(done)} of {len(out['trials'])} trials completed; errors: {errors}"
+            )
 
     assert cfg is not None and manifest is not None
     counts, split = manifest.train_counts, cfg.eval.report_split
@@ -157,6 +172,10 @@ def run_ablation(
             "distance over mean head-tail distance (< 1: the tail is crowded), mean over seeds.\n\n"
             "| arm | tail-tail / head-tail |\n|---|---|\n" + "\n".join(geometry_lines) + "\n"
         )
+    chosen = [f"| `{n}` | {_setting(s)} |" for n, s in selected.items() if s]
+    if chosen:
+        md += "\nChosen on val (best mean val top-1 over the seeds):\n\n| variant | setting |\n|---|---|\n"
+        md += "\n".join(chosen) + "\n"
     q = text_quality.get("text_filter")  # the filtering arm: the others keep every sentence on purpose
     if q and q.get("precision") is not None and q.get("recall") is not None:
         md += (
@@ -176,7 +195,7 @@ def run_ablation(
         "summary": summary,
         "comparisons": comparisons,
         "one_image_points": one_image,
-        "space": {k: list(v[1]) for k, v in space.items()},
+        "space": {arm: {k: list(v[1]) for k, v in spaces[arm].items()} for arm in arms},
         "selected_on_val": selected,
         "runs": runs,
         "text_filter_quality": text_quality,
@@ -189,6 +208,10 @@ def run_ablation(
     last = {n: {g: summary[n][g]["mean"] for g in ab.GROUPS} for n in summary}
     print(json.dumps(last), flush=True)
     return report
+
+
+def _setting(params: dict[str, Any]) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in params.items())
 
 
 def _select_on_val(trials: list[dict[str, Any]], val_key: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

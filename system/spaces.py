@@ -15,6 +15,7 @@ parameter: every trial evaluates it on its stored val logits (listed values, or 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,33 @@ KINDS = {"grid", "choice", "uniform", "loguniform", "quniform", "randint"}
 EVAL_ONLY = {"finetune.blend_weight"}
 
 Space = dict[str, tuple[str, list[Any]]]
+
+
+def _tau_p_unused(cfg: Config) -> str | None:
+    if cfg.loss.proto_weight == 0 and cfg.loss.ce_weight == 0:
+        return "loss.proto_weight = 0 and loss.ce_weight = 0"
+    return None
+
+
+# Keys that change nothing under some configs: (the keys the rule reads, rule -> why, or None when it matters).
+# A trial per value of such a key would train the same model again.
+UNUSED_WHEN: dict[str, tuple[set[str], Callable[[Config], str | None]]] = {
+    # tau_p scales the prototype loss and the baseline's cosine cross-entropy, nothing else
+    "loss.proto_temperature": ({"loss.proto_weight", "loss.ce_weight"}, _tau_p_unused),
+}
+
+
+def unused_keys(space: Space, cfg: Config) -> dict[str, str]:
+    """{key: why} for the space's keys that cannot change a trial under `cfg`, unless the space also searches a
+    key the rule reads (then some samples may use it)."""
+    out = {}
+    for key in space:
+        if key in UNUSED_WHEN:
+            reads, why_unused = UNUSED_WHEN[key]
+            why = None if reads & set(space) else why_unused(cfg)
+            if why:
+                out[key] = why
+    return out
 
 
 def load_space(path: str | Path, base: Config | None = None) -> Space:
@@ -71,6 +99,9 @@ def load_space(path: str | Path, base: Config | None = None) -> Space:
         if key in EVAL_ONLY and kind == "randint":
             raise ConfigError(f"{p}: {key}: a blending weight is a float in [0, 1]; randint makes no sense")
         space[str(key)] = (kind, list(args))
+    if base is not None:
+        for key, why in unused_keys(space, base).items():
+            raise ConfigError(f"{p}: {key}: has no effect with {why}; every trial would train the same model")
     return space
 
 

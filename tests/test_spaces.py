@@ -69,3 +69,42 @@ def test_pretraining_space_covers_loss_weights_and_lr():
     space = load_space(ROOT / "tune_spaces" / "pretrain.yaml")
     assert {"loss.proto_weight", "loss.contrastive_weight", "optim.lr"} <= set(space)
     assert space["optim.lr"][0] == "loguniform"
+
+
+def test_a_key_the_config_cannot_use_is_refused_unless_its_condition_is_searched_too(tmp_path):
+    from system.config import config_from_dict
+    from system.spaces import unused_keys
+
+    p = tmp_path / "s.yaml"
+    p.write_text("loss.proto_temperature: {grid: [0.05, 0.2]}\n")
+    no_proto = config_from_dict({}, {"loss.proto_weight": 0.0})
+    with pytest.raises(
+        ConfigError, match=r"loss\.proto_temperature: has no effect with loss\.proto_weight = 0"
+    ):
+        load_space(p, no_proto)
+    # tau_p is the cross-entropy baseline's temperature too
+    ce = config_from_dict({}, {"loss.proto_weight": 0.0, "loss.ce_weight": 1.0})
+    assert set(load_space(p, ce)) == {"loss.proto_temperature"}
+    # searching the weight as well: some samples use tau_p
+    p.write_text("loss.proto_temperature: {grid: [0.05, 0.2]}\nloss.proto_weight: {grid: [0.0, 1.0]}\n")
+    assert set(load_space(p, no_proto)) == {"loss.proto_temperature", "loss.proto_weight"}
+    only_tau = {"loss.proto_temperature": ("grid", [0.05, 0.2])}
+    assert unused_keys(only_tau, no_proto) == {
+        "loss.proto_temperature": "loss.proto_weight = 0 and loss.ce_weight = 0"
+    }
+    assert unused_keys(only_tau, config_from_dict({}, {})) == {}
+
+
+def test_ablation_grid_skips_the_arm_that_cannot_use_it(tmp_path, capsys):
+    from pipelines.ablate import arm_spaces
+    from system.ablation import ARMS
+
+    space = load_space(ROOT / "tune_spaces" / "ablate_temperature.yaml")
+    assert space == {"loss.proto_temperature": ("grid", [0.05, 0.1, 0.2])}
+    config = str(ROOT / "pipelines" / "configs" / "ablate.yaml")
+    spaces = arm_spaces(config, [], list(ARMS), space, tmp_path)
+    assert spaces["contrastive"] == {}
+    assert all(spaces[a] == space for a in ARMS if a != "contrastive")
+    assert "arm contrastive: loss.proto_temperature not searched" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"train\.epochs"):  # every arm's config is validated
+        arm_spaces(config, ["train.epochs=0"], ["baseline"], space, tmp_path)
