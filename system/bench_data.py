@@ -165,22 +165,14 @@ def _inputs(spec: dict[str, Any]):
 
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Our stage-1 stream, consumed the way a Train worker consumes its shard of it."""
-    import torch
-
     from system.ray_cluster import init_ray
-    from system.ray_data import configure_data_context, train_dataset
+    from system.ray_data import configure_data_context, train_batches, train_dataset
 
     cfg, manifest, pools = _inputs(spec)
     init_ray(cfg)
     configure_data_context(cfg)
     ds = train_dataset(cfg, manifest, spec["paths"], pools)
-    batches = ds.iter_torch_batches(
-        batch_size=cfg.train.micro_batch_size,
-        drop_last=True,
-        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-        dtypes={"image": torch.uint8, "text": torch.int64, "label": torch.int64},
-    )
-    return steady_state(batches, spec["warmup"], spec["batches"] or None)
+    return steady_state(train_batches(ds, cfg), spec["warmup"], spec["batches"] or None)
 
 
 class PeerPairing:

@@ -53,6 +53,8 @@ class DataSection:
     attribute_prompts: bool = True  # add "a photo of a {name}, which has {attribute}." prompts
     caption_prob: float = knob(0.5, lo=0.0, hi=1.0)  # chance a row keeps its own (relevant) caption
     filter_actors: int = knob(1, lo=1)  # actor-pool size of the text-filter stage
+    # rows per block the tar reader yields = rows per decode batch (read and decode run fused in one task), and
+    # rows per text-pairing batch
     decode_batch_size: int = knob(128, lo=1)
     # Logical CPUs Ray reserves per read+decode task and per text-filter actor. A decode task plus the actor fit
     # in one CPU (1 + 0.5 never did: one core deadlocked, two ran one decode task), and N CPUs run about N decode
@@ -60,6 +62,8 @@ class DataSection:
     decode_cpus: float = knob(0.75, gt=0.0)
     filter_actor_cpus: float = knob(0.25, gt=0.0)
     shuffle_buffer: int = knob(512, lo=0)  # local shuffle buffer on each train worker (rows)
+    # batches each train worker's iterator fetches ahead of the one it is on (Ray's iter_torch_batches)
+    prefetch_batches: int = knob(1, lo=0)
     # bad samples (corrupt image, missing text/label, unknown label, duplicate or scattered tar members) and bad
     # shards (missing, unreadable, not a tar, truncated, empty) are skipped and counted into the reports; strict:
     # the first one stops the run with an error naming the shard and key

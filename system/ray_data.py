@@ -45,12 +45,20 @@ def train_augment(cfg: Config) -> Augment | None:
 
 
 def read_split(
-    paths: Sequence[str], *, filesystem=None, ledger=None, strict: bool = False, num_cpus: float | None = None
+    paths: Sequence[str],
+    *,
+    filesystem=None,
+    ledger=None,
+    strict: bool = False,
+    num_cpus: float | None = None,
+    rows_per_block: int | None = None,
 ) -> ray.data.Dataset:
     """Raw rows (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json` bytes) of a list of tar shards (local
     paths or s3:// / gs:// URLs; `filesystem` defaults to the first path's), one read task per shard.
     Faulty samples and shards are skipped and recorded in `ledger` (or raise DataFault with `strict`)."""
-    return read_shards(list(paths), filesystem, ledger, strict, num_cpus=num_cpus)
+    return read_shards(
+        list(paths), filesystem, ledger, strict, num_cpus=num_cpus, rows_per_block=rows_per_block
+    )
 
 
 def decoded_split(
@@ -67,10 +75,17 @@ def decoded_split(
     """Decoded rows of `paths`; `augment` (the train stream only) applies the config's random crop + flip.
     Skip counts (reader and decoder) go to `ledger` when given; `data.strict` raises at the first fault."""
     factors = None if resample == "none" else resample_factors(manifest.train_counts, resample)
-    # Read tasks ask for the decode stage's CPUs, so Ray Data fuses read and decode into one task per shard
-    # (raw bytes never go through the object store).
+    # Read and decode run as one task per shard, so raw bytes never go through the object store. Ray Data fuses
+    # them only when both ask for the same resources and the decode stage sets no batch size (a read may change
+    # the row count, and Ray does not fuse it into a map that wants fixed batches): the reader's blocks are the
+    # decode batches instead.
     raw = read_split(
-        paths, filesystem=filesystem, ledger=ledger, strict=cfg.data.strict, num_cpus=cfg.data.decode_cpus
+        paths,
+        filesystem=filesystem,
+        ledger=ledger,
+        strict=cfg.data.strict,
+        num_cpus=cfg.data.decode_cpus,
+        rows_per_block=cfg.data.decode_batch_size,
     )
     if sample_fraction is not None and sample_fraction < 1.0:
         # Sample raw rows before decoding: only the kept images are decoded. Seeded, so every trial of a
@@ -89,9 +104,25 @@ def decoded_split(
             "seed": cfg.run.seed,
             "augment": train_augment(cfg) if augment else None,
         },
-        batch_size=cfg.data.decode_batch_size,
+        batch_size=None,  # whole reader blocks (decode_batch_size rows), see above
         batch_format="numpy",
         num_cpus=cfg.data.decode_cpus,
+    )
+
+
+def train_batches(stream, cfg: Config, device=None):
+    """The training's batches from a Dataset or a Train worker's DataIterator shard: micro batches of uint8
+    images [b, S, S, 3], int64 tokens [b, L] and labels [b], through the local shuffle buffer. One place, so
+    `uniproto benchmark data` consumes the stream exactly as a Train worker does."""
+    import torch
+
+    return stream.iter_torch_batches(
+        batch_size=cfg.train.micro_batch_size,
+        drop_last=True,
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+        prefetch_batches=cfg.data.prefetch_batches,
+        dtypes={"image": torch.uint8, "text": torch.int64, "label": torch.int64},
+        device=device,
     )
 
 

@@ -29,7 +29,7 @@ from system.export import META_FILE, MODEL_FILE  # the checkpoint layout, shared
 from system.heads import leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss, gather_features, total_loss
 from system.models import add_class_head, create_clip, preprocess_for
-from system.ray_data import configure_data_context, train_dataset, val_probe
+from system.ray_data import configure_data_context, train_batches, train_dataset, val_probe
 from system.ray_monitor import TrainMonitor
 
 
@@ -114,14 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     meter = EpochMeter(resumed_from_step=step)
     total_steps = steps_per_epoch * cfg.train.epochs
-    shard = ray.train.get_dataset_shard("train")
-    batches = shard.iter_torch_batches(
-        batch_size=cfg.train.micro_batch_size,
-        drop_last=True,
-        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-        dtypes={"image": torch.uint8, "text": torch.int64, "label": torch.int64},
-        device=device,
-    )
+    batches = train_batches(ray.train.get_dataset_shard("train"), cfg, device)
     engine.train()
     t_wait = time.perf_counter()
     for batch in batches:

@@ -151,13 +151,15 @@ def read_shards(
     ledger=None,
     strict: bool = False,
     num_cpus: float | None = None,
+    rows_per_block: int | None = None,
 ) -> ray.data.Dataset:
     """Raw rows (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json`) of tar shards, one task per shard.
     `num_cpus`: logical CPUs per read task (Ray's default 1); give the decode stage's, so read and decode
-    fuse into one task (Ray Data fuses only tasks with the same resources)."""
+    fuse into one task (Ray Data fuses only tasks with the same resources). `rows_per_block`: rows per block
+    the reader yields (a fused map with no batch size sees each block as one batch)."""
     urls = list(urls)
     return ray.data.read_datasource(
-        ShardSource(urls, filesystem, ledger, strict),
+        ShardSource(urls, filesystem, ledger, strict, rows_per_block or ROWS_PER_BLOCK),
         override_num_blocks=max(len(urls), 1),
         num_cpus=num_cpus,
     )

@@ -52,3 +52,24 @@ def test_decode_gives_every_copy_and_epoch_its_own_draw():
     assert np.array_equal(again["draw"], out["draw"])
     next_epoch = decode_batch(row | {"__shard__": np.asarray([27])}, 8, 2, np.asarray([3.0, 1.0]), seed=5)
     assert not set(next_epoch["draw"].tolist()) & set(out["draw"].tolist())
+
+
+def test_cached_pool_tokens_equal_tokenizing_the_chosen_text():
+    """The batch call takes pool sentences' tokens from a per-class cache: the same tokens as tokenizing each
+    row's chosen text, for caption rows and pool rows alike."""
+    from system.models import tokenizer_for
+
+    pairer = _pairer(seed=0)
+    batch = _batch(40, list(range(2000, 2040)))
+    batch["caption"][::3] = ""  # rows without a caption always draw from the pool
+    out = pairer(batch)["text"]
+    twin = _pairer(seed=0)
+    texts = [
+        twin.choose(str(c), int(y), np.random.default_rng(int(d)))
+        for c, y, d in zip(batch["caption"], batch["label"], batch["draw"], strict=True)
+    ]
+    assert any(t == "a red circle" for t in texts) and any(t != "a red circle" for t in texts)
+    assert out.dtype == np.int64 and np.array_equal(out, tokenizer_for("uniproto-tiny-rn")(texts).numpy())
+    assert set(pairer._pool_tokens) == {0, 1}
+    empty = pairer({k: v[:0] for k, v in batch.items()})["text"]
+    assert empty.shape[0] == 0

@@ -35,32 +35,49 @@ class TextPairer:
         self.threshold = threshold
         self.caption_prob = caption_prob
         self.tokenizer = tokenizer_for(arch)
+        # Tokens of each class's pool, tokenized on the class's first use: a pool sentence is drawn again and
+        # again, and open_clip's tokenizer (ftfy clean + BPE) is most of this stage's work.
+        self._pool_tokens: dict[int, np.ndarray] = {}  # label -> [len(pool), L] int32 (vocabulary < 2**31)
         # Rows carry their own seed (`draw`, from the decode stage), so the pairing does not depend on which
         # actor gets a batch; this stream only serves rows without one (direct calls).
         self.rng = np.random.default_rng(seed)
         self.replaced = 0
         self.rows = 0
 
-    def choose(self, caption: str, label: int, rng: np.random.Generator | None = None) -> str:
+    def pick(self, caption: str, label: int, rng: np.random.Generator | None = None) -> str | int:
+        """The row's own caption (a str), or the index of the pool sentence that replaces it (an int)."""
         rng = rng or self.rng
         self.rows += 1
         if caption and rng.random() < self.caption_prob:
             if is_relevant_caption(self.scorer, caption, label, self.threshold):
                 return caption
             self.replaced += 1
-        pool = self.pools[label]
-        return pool[int(rng.integers(len(pool)))]
+        return int(rng.integers(len(self.pools[label])))
+
+    def choose(self, caption: str, label: int, rng: np.random.Generator | None = None) -> str:
+        """The text a row is paired with."""
+        picked = self.pick(caption, label, rng)
+        return picked if isinstance(picked, str) else self.pools[label][picked]
+
+    def pool_tokens(self, label: int) -> np.ndarray:
+        """[len(pool), L] tokens of a class's pool (cached)."""
+        tokens = self._pool_tokens.get(label)
+        if tokens is None:
+            tokens = self._pool_tokens[label] = self.tokenizer(self.pools[label]).numpy().astype(np.int32)
+        return tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         draws = batch.get("draw")
-        rngs = (
-            [np.random.default_rng(int(d)) for d in draws]
-            if draws is not None
-            else [None] * len(batch["label"])
-        )
-        texts = [
-            self.choose(str(c), int(y), r)
-            for c, y, r in zip(batch["caption"], batch["label"], rngs, strict=True)
-        ]
-        tokens = self.tokenizer(texts).numpy().astype(np.int64) if texts else np.zeros((0, 1), np.int64)
+        labels = [int(y) for y in batch["label"]]
+        rngs = [np.random.default_rng(int(d)) for d in draws] if draws is not None else [None] * len(labels)
+        picks = [self.pick(str(c), y, r) for c, y, r in zip(batch["caption"], labels, rngs, strict=True)]
+        if not picks:
+            return {"image": batch["image"], "label": batch["label"], "text": np.zeros((0, 1), np.int64)}
+        tokens = np.empty((len(picks), self.pool_tokens(labels[0]).shape[1]), np.int64)  # [N, L]
+        captions = [i for i, p in enumerate(picks) if isinstance(p, str)]
+        if captions:  # the rows' own captions: tokenized once, as a batch
+            tokens[captions] = self.tokenizer([picks[i] for i in captions]).numpy()
+        for i, (p, y) in enumerate(zip(picks, labels, strict=True)):
+            if not isinstance(p, str):
+                tokens[i] = self.pool_tokens(y)[p]
         return {"image": batch["image"], "label": batch["label"], "text": tokens}  # text: [N, L]
