@@ -24,7 +24,7 @@ from typing import Any
 from pipelines.common import parse_args, prepare_run
 from system import ablation as ab
 from system.config import ConfigError, load_config, save_config
-from system.spaces import Space, load_space, unused_keys
+from system.spaces import Space, grid_size, load_space, unused_keys
 
 
 def _ablate_args(p: argparse.ArgumentParser) -> None:
@@ -113,7 +113,9 @@ def run_ablation(
         q = ctx.text_report.get("quality")
         if q:
             text_quality[arm] = q
-        with ctx.timer(f"arm {arm} ({i + 1}/{len(arms)}): {len(seeds)} seeds"):
+        settings = grid_size(spaces[arm])
+        grid = f" x {settings} settings of {', '.join(spaces[arm])}" if settings > 1 else ""
+        with ctx.timer(f"arm {arm} ({i + 1}/{len(arms)}): {len(seeds)} seeds{grid}"):
             out = run_sweep(cfg, {**spaces[arm], "run.seed": ("grid", seeds)}, ctx.shared(), ctx.run_dir)
         per_arm[arm] = out["trials"]
         done = [t for t in out["trials"] if t["status"] == "completed"]
