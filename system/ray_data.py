@@ -110,7 +110,7 @@ def decoded_split(
     )
 
 
-def train_batches(stream, cfg: Config, device=None):
+def train_batches(stream, cfg: Config, device="auto"):
     """The training's batches from a Dataset or a Train worker's DataIterator shard: micro batches of uint8
     images [b, S, S, 3], int64 tokens [b, L] and labels [b], through the local shuffle buffer. One place, so
     `uniproto benchmark data` consumes the stream exactly as a Train worker does."""
