@@ -56,10 +56,11 @@ class DataSection:
     # rows per block the tar reader yields = rows per decode batch (read and decode run fused in one task), and
     # rows per text-pairing batch
     decode_batch_size: int = knob(128, lo=1)
-    # Logical CPUs Ray reserves per read+decode task and per text-filter actor. A decode task plus the actor fit
-    # in one CPU (1 + 0.5 never did: one core deadlocked, two ran one decode task), and N CPUs run about N decode
-    # tasks beside the actor, which does ~15% of a row's work (`uniproto benchmark data`).
-    decode_cpus: float = knob(0.75, gt=0.0)
+    # Logical CPUs Ray reserves per read+decode task and per text-filter actor. A task waits part of its life
+    # (scheduling, object-store puts), so N CPUs keep N cores busy only with about two decode tasks per CPU
+    # beside the actor: measured on 2 cores (`uniproto benchmark data`), 0.375 gave 1,510-1,650 images/s, 0.5
+    # 900-1,140, 0.75 840-1,000; 0.25 (7 tasks) fell back to 650. Two decode tasks and the actor fit in one CPU.
+    decode_cpus: float = knob(0.375, gt=0.0)
     filter_actor_cpus: float = knob(0.25, gt=0.0)
     shuffle_buffer: int = knob(512, lo=0)  # local shuffle buffer on each train worker (rows)
     # batches each train worker's iterator fetches ahead of the one it is on (Ray's iter_torch_batches)
