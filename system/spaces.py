@@ -99,9 +99,10 @@ def load_space(path: str | Path, base: Config | None = None) -> Space:
         if key in EVAL_ONLY and kind == "randint":
             raise ConfigError(f"{p}: {key}: a blending weight is a float in [0, 1]; randint makes no sense")
         space[str(key)] = (kind, list(args))
-    if base is not None:
-        for key, why in unused_keys(space, base).items():
-            raise ConfigError(f"{p}: {key}: has no effect with {why}; every trial would train the same model")
+    unused = unused_keys(space, base) if base is not None else {}
+    if unused:
+        key, why = next(iter(unused.items()))
+        raise ConfigError(f"{p}: {key}: has no effect with {why}; every trial would train the same model")
     return space
 
 
