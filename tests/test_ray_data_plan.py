@@ -16,7 +16,10 @@ def test_read_and_decode_fuse_into_one_task(tiny_dataset, capsys):
     from system.ray_data import train_dataset
     from system.text.prepare import prepare_text_pools
 
-    cfg = load_config(None, [f"data.root={tiny_dataset}", "train.epochs=1", "data.decode_batch_size=16"])
+    cfg = load_config(
+        None,
+        [f"data.root={tiny_dataset}", "train.epochs=1", "data.decode_batch_size=16", "data.resample=none"],
+    )
     manifest = load_manifest(cfg.data.root)
     pools, _ = prepare_text_pools(cfg.data, manifest)
     ray.init(num_cpus=2, include_dashboard=False)
@@ -30,5 +33,5 @@ def test_read_and_decode_fuse_into_one_task(tiny_dataset, capsys):
         sizes = [len(b["label"]) for b in ds.iter_batches(batch_size=None)]
     finally:
         ray.shutdown()
-    # every train row comes out once (resampling repeats rows, so at least once)
-    assert sum(sizes) >= manifest.splits["train"].num_samples
+    # every train row comes out exactly once (resampling is off: its stochastic repeats would move the count)
+    assert sum(sizes) == manifest.splits["train"].num_samples
