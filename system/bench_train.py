@@ -5,11 +5,15 @@
 Three runs on the same shards, architecture, image size and global batch, one after the other, each in its own
 process tree confined to the same N cores (CPU affinity):
 
-* **ours**: `pipelines.pretrain.main` (Ray Data stream with the text-filter stage -> Ray Train, 2 workers, each
-  a DeepSpeed ZeRO-1 engine; the class-wise contrastive loss plus the prototype loss). Ray gets 2N logical CPUs
-  (the demo's convention on 2 cores, FIELD_NOTES' 2-core hang); each Train worker holds N/workers of them, so
-  Ray sets its torch threads (OMP_NUM_THREADS) to that: N compute threads in all; decode and the text filter
-  run in Ray Data on the same cores.
+* **ours**: `pipelines.pretrain.main` (Ray Data stream with the text-filter stage -> Ray Train workers, each a
+  DeepSpeed engine; the class-wise contrastive loss plus the prototype loss). Defaults for one CPU node: one
+  Train worker (`--workers`), ZeRO stage 0 (`--zero-stage`), torch's fused AdamW (`--unfused-adamw` for the
+  for-loop one). On one node, data parallelism over processes costs a gradient exchange and a replicated
+  optimizer step per rank (2 workers x 1 thread: a third fewer samples/s than 1 x 2 on 2 cores), and ZeRO's
+  partitioning saves accelerator memory but on CPU only adds flatten/copy work (ZeRO-1: 40-50% longer steps, one rank).
+  Ray gets 2N logical CPUs (the demo's convention on 2 cores, FIELD_NOTES' 2-core hang); each Train worker holds
+  N/workers of them, so Ray sets its torch threads (OMP_NUM_THREADS) to that: N compute threads in all; decode
+  and the text filter run in Ray Data on the same cores.
 * **peer**: `open_clip_train` (its CLIP contrastive loss, AdamW, webdataset loader), one process with
   `--peer-threads` torch threads (default N minus the loader processes) plus `--peer-workers` loader processes
   (default N/2, at least 1) on the same cores, so threads + loaders = N: an OpenMP team sharing its cores with a
@@ -18,7 +22,7 @@ process tree confined to the same N cores (CPU affinity):
   workers). It runs in a cached venv with webdataset==0.2.86
   (system.bench_peer).
 * **bare**: one process, N torch threads, the same model (`create_clip`), the same loss (`Stage1Loss` with the
-  same number of prototypes) and AdamW with gradient clipping, on pre-decoded in-memory batches: no data
+  same number of prototypes) and the same AdamW (`system.optim.build_adamw`) with gradient clipping, on pre-decoded in-memory batches: no data
   loading, no Ray, no DeepSpeed. The ceiling for this model on these cores.
 
 Throughput is steady state: samples over summed step time in the epochs after the first (ours: the per-epoch
@@ -236,7 +240,16 @@ def base_env(threads: int | None) -> dict[str, str]:
 
 
 def ours_overrides(
-    root: str, out_dir: Path, arch: str, image_size: int, batch: int, workers: int, epochs: int, cpus: int
+    root: str,
+    out_dir: Path,
+    arch: str,
+    image_size: int,
+    batch: int,
+    workers: int,
+    epochs: int,
+    cpus: int,
+    zero_stage: int = 0,
+    fused: bool = True,
 ) -> list[str]:
     if batch % workers:
         raise ValueError(f"--batch {batch} must be a multiple of --workers {workers}")
@@ -250,7 +263,8 @@ def ours_overrides(
         "train.cpus_per_worker": float(max(1, cpus // workers)),
         "train.micro_batch_size": batch // workers,
         "train.epochs": epochs,
-        "train.zero_stage": 1,
+        "train.zero_stage": zero_stage,
+        "optim.fused": fused,
         "train.checkpoint_every_epochs": epochs,  # one checkpoint, at the end (outside the timed epochs anyway)
         "train.keep_checkpoints": 1,
         "eval.stage1_val_samples": 0,  # the per-epoch probe is outside the timed epochs; skip its cost
@@ -327,15 +341,17 @@ def bare_loop(
     lr: float = 2e-3,
     weight_decay: float = 0.05,
     grad_clip: float = 1.0,
+    fused: bool = True,
 ) -> dict[str, float]:
     """Single-process training steps on pre-decoded in-memory batches: samples/s after `warmup` steps."""
     import torch
 
     from system.class_prototypes import arch_embed_dim
+    from system.config import OptimSection
     from system.losses import Stage1Loss, total_loss
     from system.models import create_clip, preprocess_for, tokenizer_for
+    from system.optim import build_adamw
     from system.prototypes import uniform_prototypes
-    from system.ray_pretrain import _param_groups
 
     if threads:
         torch.set_num_threads(threads)
@@ -344,7 +360,7 @@ def bare_loop(
     preprocess = preprocess_for(model)
     protos = uniform_prototypes(num_classes, arch_embed_dim(arch), seed=seed)  # [K, d]
     loss_fn = Stage1Loss(protos)
-    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    opt = build_adamw(model, OptimSection(lr=lr, weight_decay=weight_decay, fused=fused))
     gen = torch.Generator().manual_seed(seed)
     tok = tokenizer_for(arch)
     batches = []
@@ -383,8 +399,11 @@ def _bare_child(argv: list[str]) -> int:
     for name, kind in (("arch", str), ("image-size", int), ("batch", int), ("steps", int), ("warmup", int),
                        ("classes", int), ("threads", int)):  # fmt: skip
         p.add_argument(f"--{name}", type=kind, required=True)
+    p.add_argument("--unfused-adamw", action="store_true")
     a = p.parse_args(argv)
-    r = bare_loop(a.arch, a.image_size, a.batch, a.steps, a.warmup, a.classes, a.threads)
+    r = bare_loop(
+        a.arch, a.image_size, a.batch, a.steps, a.warmup, a.classes, a.threads, fused=not a.unfused_adamw
+    )
     print("[bench] bare " + json.dumps(r), flush=True)
     return 0
 
@@ -409,7 +428,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--arch", default="uniproto-tiny-rn")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch", type=int, default=128, help="global batch (ours: micro batch x --workers)")
-    p.add_argument("--workers", type=int, default=2, help="our Ray Train workers")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="our Ray Train workers (default 1: on one CPU node, one worker with every core as a thread "
+        "beats data parallelism over processes)",
+    )
     p.add_argument("--cpus", type=int, default=None, help="cores for every run (default: all available)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of ours and the peer; the first is warm-up")
     p.add_argument(
@@ -421,8 +446,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="peer torch threads (default cpus - peer workers, >= 1)",
     )
-    p.add_argument("--bare-steps", type=int, default=20)
-    p.add_argument("--bare-warmup", type=int, default=3)
+    p.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=[0, 1, 2, 3],
+        default=0,
+        help="our DeepSpeed ZeRO stage (default 0: partitioning saves accelerator memory; on CPU it only "
+        "adds flatten/copy work per step)",
+    )
+    p.add_argument(
+        "--unfused-adamw",
+        action="store_true",
+        help="ours and bare use torch's for-loop AdamW instead of the fused kernel (optim.fused=false)",
+    )
+    p.add_argument("--bare-steps", type=int, default=60)
+    p.add_argument("--bare-warmup", type=int, default=5)
     p.add_argument("--only", choices=["ours", "peer", "bare"], action="append", help="run a subset")
     p.add_argument("--workdir", help="keep logs and runs here (default: a temporary dir, removed)")
     p.add_argument("--verbose", action="store_true", help="echo the runs' own output")
@@ -465,7 +503,8 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
     if "bare" in which:
         cmd = [sys.executable, "-m", "system.bench_train", "_bare", "--arch", a.arch,
                "--image-size", str(a.image_size), "--batch", str(a.batch), "--steps", str(a.bare_steps),
-               "--warmup", str(a.bare_warmup), "--classes", str(num_classes), "--threads", str(n)]  # fmt: skip
+               "--warmup", str(a.bare_warmup), "--classes", str(num_classes), "--threads", str(n),
+               *(["--unfused-adamw"] if a.unfused_adamw else [])]  # fmt: skip
         usage = run_tree(cmd, base_env(n), cpus, work / "bare.log", a.verbose)
         bare = _last_json((work / "bare.log").read_text(), "[bench] bare ")
         result["bare"] = round(bare["samples_per_s"], 2)
@@ -502,7 +541,10 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
     if "ours" in which:
         record = work / "ours-reports.jsonl"
         record.unlink(missing_ok=True)
-        sets = ours_overrides(root, work / "ours", a.arch, a.image_size, a.batch, a.workers, a.epochs, n)
+        sets = ours_overrides(
+            root, work / "ours", a.arch, a.image_size, a.batch, a.workers, a.epochs, n,
+            zero_stage=a.zero_stage, fused=not a.unfused_adamw,
+        )  # fmt: skip
         cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), *sets]
         usage = run_tree(cmd, base_env(None), cpus, work / "ours.log", a.verbose)
         reports = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
@@ -511,7 +553,9 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
         result["ours"] = round(ours["samples_per_s"], 2)
         result["ours_detail"] = {**ours, **usage, "train_workers": a.workers, "ray_logical_cpus": 2 * n,
                                  "load": load_average()}  # fmt: skip
-        say(f"[bench] ours (Ray Data + text filter -> Ray Train x{a.workers} + DeepSpeed ZeRO-1, proto loss): "
+        adamw = "for-loop" if a.unfused_adamw else "fused"
+        say(f"[bench] ours (Ray Data + text filter -> Ray Train x{a.workers} + DeepSpeed ZeRO-{a.zero_stage}, "
+            f"{adamw} AdamW, proto loss): "
             f"{ours['samples_per_s']:.1f} samples/s ({ours['epochs']} epochs, data-wait "
             f"{100 * ours['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS {usage['peak_rss_mb']} MB, "
             f"wall {usage['wall_s']} s, load {result['ours_detail']['load']}")  # fmt: skip

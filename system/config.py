@@ -110,6 +110,8 @@ class OptimSection:
     weight_decay: float = knob(0.05, lo=0.0)
     warmup_fraction: float = knob(0.1, lo=0.0, hi=1.0)
     grad_clip: float = knob(1.0, lo=0.0)  # 0 disables
+    # torch's fused AdamW kernel (CPU and CUDA); false: torch's default implementation (for-loop on CPU)
+    fused: bool = True
 
 
 @dataclass

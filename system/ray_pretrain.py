@@ -24,23 +24,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
-from system.ds_config import deepspeed_config, warmup_cosine
+from system.ds_config import deepspeed_config, skip_single_rank_allreduce, warmup_cosine
 from system.export import META_FILE, MODEL_FILE  # the checkpoint layout, shared with export
 from system.heads import leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss, gather_features, total_loss
 from system.models import add_class_head, create_clip, preprocess_for
+from system.optim import build_adamw
 from system.ray_data import configure_data_context, train_batches, train_dataset, val_probe
 from system.ray_monitor import TrainMonitor
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on gains, biases and the logit scale (1-dim tensors), as open_clip does."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -86,7 +77,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world
     steps_per_epoch = max(int(loop_config["rows_per_epoch"]) // global_batch, 1)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr)
+    optimizer = build_adamw(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.train.epochs, cfg.optim.warmup_fraction)
     )
@@ -96,6 +87,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg.train, cfg.optim),
     )
+    skip_single_rank_allreduce(engine, world, cfg.train.zero_stage)
     device = engine.device
     loss_fn.to(device)
     teacher = _frozen_teacher(cfg, device) if cfg.loss.distill_weight > 0 else None

@@ -125,9 +125,13 @@ def test_ours_overrides_keep_text_filter_and_prototype_loss_on(tmp_path):
     sets = ours_overrides("/data", tmp_path, "uniproto-tiny-rn", 32, 128, 2, 3, 2)
     cfg = load_config(None, [s for s in sets if s != "--set"])
     assert cfg.train.micro_batch_size * cfg.train.num_workers == 128
-    assert cfg.train.zero_stage == 1 and cfg.ray.num_cpus == 4 and cfg.train.cpus_per_worker == 1.0
+    assert cfg.train.zero_stage == 0 and cfg.optim.fused  # the CPU defaults: no partitioning, fused AdamW
+    assert cfg.ray.num_cpus == 4 and cfg.train.cpus_per_worker == 1.0
     assert cfg.loss.proto_weight > 0 and cfg.loss.contrastive_weight > 0
     assert cfg.data.text_scorer and cfg.sweep.space is None
+    sets = ours_overrides("/data", tmp_path, "uniproto-tiny-rn", 32, 128, 2, 3, 2, zero_stage=1, fused=False)
+    cfg = load_config(None, [s for s in sets if s != "--set"])
+    assert cfg.train.zero_stage == 1 and not cfg.optim.fused
     with pytest.raises(ValueError, match="multiple"):
         ours_overrides("/data", tmp_path, "uniproto-tiny-rn", 32, 127, 2, 3, 2)
 
