@@ -25,6 +25,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def build_adamw(model: torch.nn.Module, optim: OptimSection) -> torch.optim.AdamW:
     """AdamW over `param_groups`. `optim.fused` picks torch's fused kernel (CPU and CUDA): one pass per
-    tensor instead of the for-loop's seven elementwise ops; on CPU that is about a third of a small model's step
-    (`benchmark train`). Same update to float rounding (tests/test_optim.py)."""
+    tensor instead of the for-loop's seven elementwise ops; one CPU step of uniproto-tiny-rn (1 thread, batch 64)
+    takes 155 ms instead of 222. Same update to float rounding (tests/test_optim.py)."""
     return torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, fused=optim.fused or None)
