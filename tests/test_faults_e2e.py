@@ -55,15 +55,28 @@ def _checkpoint_steps(run_dir):
     return sorted(steps)
 
 
+def _registered_step(run_dir) -> int | None:
+    """The step of the newest checkpoint Ray Train's controller has registered (its checkpoint-manager snapshot,
+    rewritten after every registration), or None before the first one."""
+    try:
+        latest = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())[
+            "latest_checkpoint_result"
+        ]
+        return int(latest["metrics"]["step"]) if latest else None
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or caught mid-write
+        return None
+
+
 def _kill_a_worker_after_first_checkpoint(run_dir, seen: dict) -> None:
     from ray.util.state import list_actors
 
     deadline = time.time() + 600
     while time.time() < deadline:
-        steps = _checkpoint_steps(run_dir)
-        # A checkpoint is on disk before Ray has registered it; once the next one is on disk, the earlier one
-        # is registered (its report was a barrier every rank passed).
-        if len(steps) >= 2:
+        # A checkpoint is on disk before Ray registers it: the controller collects reports when it polls the
+        # workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S). Kill only once the newest checkpoint on disk is the
+        # registered one, before the last epoch, so the restart has something to resume from.
+        registered, steps = _registered_step(run_dir), _checkpoint_steps(run_dir)
+        if registered is not None and EVERY <= registered < 14 and steps and steps[-1] == registered:
             try:
                 workers = list_actors(
                     # this run's cluster by address: another local Ray on the machine must not be asked
@@ -75,11 +88,13 @@ def _kill_a_worker_after_first_checkpoint(run_dir, seen: dict) -> None:
                 time.sleep(0.2)
                 continue
             if workers:
-                seen["registered_step"], seen["latest_step"] = steps[-2], steps[-1]
+                seen["registered_step"] = registered
                 seen["pid"] = workers[-1].pid
                 os.kill(workers[-1].pid, signal.SIGKILL)
+                time.sleep(1.0)  # a checkpoint the other rank was writing at the kill lands now
+                seen["latest_step"] = max(_checkpoint_steps(run_dir), default=registered)
                 return
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def _scalars(event_dir):
@@ -99,7 +114,7 @@ def _scalars(event_dir):
 
 
 @pytest.mark.timeout(1200)
-def test_lost_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path, capfd):
+def test_lost_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path, capfd, monkeypatch):
     from pipelines.common import parse_args  # noqa: F401  (imports the pipeline package first)
     from pipelines.pretrain import main
     from system.models import create_clip
@@ -109,6 +124,9 @@ def test_lost_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path, capfd)
     torch.save(create_clip("uniproto-tiny-rn", None, 32).state_dict(), teacher)
     run_dir = tmp_path / "faults" / "ray" / "faults-stage1"
     seen: dict = {}
+    # The controller registers reports when it polls the workers (default every 2 s); faster polls give the
+    # killer more moments where the newest checkpoint on disk is already registered.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, seen), daemon=True)
     killer.start()
     try:
