@@ -22,12 +22,20 @@ process tree confined to the same N cores (CPU affinity):
   workers). It runs in a cached venv with webdataset==0.2.86
   (system.bench_peer).
 * **bare**: one process, N torch threads, the same model (`create_clip`), the same loss (`Stage1Loss` with the
-  same number of prototypes) and the same AdamW (`system.optim.build_adamw`) with gradient clipping, on pre-decoded in-memory batches: no data
-  loading, no Ray, no DeepSpeed. The ceiling for this model on these cores.
+  same number of prototypes) and the same AdamW (`system.optim.build_adamw`) with gradient clipping, on
+  pre-decoded in-memory batches: no data loading, no Ray, no DeepSpeed. The ceiling for this model on these
+  cores. It runs `--bare-repeats` times (default 2), first and last, and its figure is their mean: this VM's
+  speed drifts by 10-20% within minutes, so one run before the others can misstate the overhead either way.
+* **floor**: the same bare loop as the train function of a one-worker Ray Train run on a local Ray started as
+  ours is (no Ray Data, no DeepSpeed). Its gap to bare (`floor_overhead`) is what Ray Train's own processes
+  cost on these cores (the main thread of every Ray actor wakes every 10 ms, and ours runs about a dozen
+  actors beside the Train worker, plus raylet, gcs, the dashboard and its agent), a floor
+  under `overhead` that no change inside our training loop can remove.
 
 Throughput is steady state: samples over summed step time in the epochs after the first (ours: the per-epoch
 `samples` / `epoch_s` of the Train reports, which exclude the between-epoch checkpoint; peer: its per-step log
-lines; bare: after `--bare-warmup` steps). ratio = ours / peer; overhead = (bare - ours) / bare.
+lines; bare and floor: after `--bare-warmup` steps). ratio = ours / peer; overhead = (bare - ours) / bare;
+floor_overhead = (bare - floor) / bare.
 The last line printed is one JSON object with `ours`, `peer`, `ratio`, `overhead` and the details.
 CPU-seconds and peak RSS cover each whole process tree and run (start-up included); RSS is summed over the
 processes, so pages they share (Ray's object store) count once per process. Multi-threaded torch (the bare
@@ -148,7 +156,7 @@ class TreeMonitor:
     """CPU seconds (user + system, summed over every process of the tree) and peak summed RSS of a process
     and all its descendants (Ray's gcs/raylet/workers, dataloader workers), sampled every `interval` s."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 1.0) -> None:
         self.pid, self.interval = pid, interval
         self.cpu: dict[int, float] = {}
         self.peak_rss = 0
@@ -408,6 +416,53 @@ def _bare_child(argv: list[str]) -> int:
     return 0
 
 
+def _floor_child(argv: list[str]) -> int:
+    """Child process: the bare loop as the train function of a one-worker Ray Train run on a local Ray started as
+    ours starts it (`init_ray`: 2N logical CPUs, the dashboard) with the worker holding N of them. No Ray Data,
+    no DeepSpeed: what Ray Train's own processes (controller, worker group, placement-group cleaner, ...) cost
+    a loop that shares their cores."""
+    p = argparse.ArgumentParser()
+    for name, kind in (("arch", str), ("image-size", int), ("batch", int), ("steps", int), ("warmup", int),
+                       ("classes", int), ("threads", int), ("out", str)):  # fmt: skip
+        p.add_argument(f"--{name}", type=kind, required=True)
+    p.add_argument("--unfused-adamw", action="store_true")
+    a = p.parse_args(argv)
+
+    import ray
+    import ray.train
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from system.config import load_config
+    from system.ray_cluster import init_ray
+
+    init_ray(load_config(None, {"ray.num_cpus": 2 * a.threads}))
+    args = (a.arch, a.image_size, a.batch, a.steps, a.warmup, a.classes, a.threads)
+    fused, out = not a.unfused_adamw, a.out
+
+    def train_fn(_config: dict) -> None:
+        r = bare_loop(*args, fused=fused)
+        Path(out).write_text(json.dumps(r))  # local Ray: the worker shares this machine's filesystem
+
+    TorchTrainer(
+        train_fn,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": a.threads}),
+        run_config=RunConfig(name="bench-floor", storage_path=str(Path(out).parent / "floor-ray")),
+    ).fit()
+    print("[bench] floor " + Path(out).read_text(), flush=True)
+    ray.shutdown()
+    return 0
+
+
+def bare_summary(runs: list[float]) -> dict[str, Any]:
+    """The bare loop's figure from several runs spread over the benchmark (first and last): mean and spread
+    ((max - min) / mean), so a machine that speeds up or slows down during the benchmark shows in the result."""
+    if not runs:
+        raise ValueError("no bare-loop runs")
+    mean = sum(runs) / len(runs)
+    return {"mean": mean, "runs": [round(r, 2) for r in runs], "spread": (max(runs) - min(runs)) / mean}
+
+
 def _last_json(log: str, prefix: str) -> dict[str, Any]:
     for line in reversed(log.splitlines()):
         if line.startswith(prefix):
@@ -459,22 +514,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="ours and bare use torch's for-loop AdamW instead of the fused kernel (optim.fused=false)",
     )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for our run (repeatable), applied after the benchmark's own",
+    )
     p.add_argument("--bare-steps", type=int, default=60)
     p.add_argument("--bare-warmup", type=int, default=5)
-    p.add_argument("--only", choices=["ours", "peer", "bare"], action="append", help="run a subset")
+    p.add_argument(
+        "--bare-repeats",
+        type=int,
+        default=2,
+        help="bare-loop runs, spread over the benchmark (first and last); overhead uses their mean",
+    )
+    p.add_argument("--only", choices=["ours", "peer", "bare", "floor"], action="append", help="run a subset")
     p.add_argument("--workdir", help="keep logs and runs here (default: a temporary dir, removed)")
     p.add_argument("--verbose", action="store_true", help="echo the runs' own output")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     a = p.parse_args(argv)
     if a.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is warm-up)")
+    if a.bare_repeats < 1:
+        p.error("--bare-repeats must be >= 1")
     return a
 
 
 def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
     cpus = cpu_set(a.cpus or len(os.sched_getaffinity(0)))
     n = len(cpus)
-    which = set(a.only or ["ours", "peer", "bare"])
+    which = set(a.only or ["ours", "peer", "bare", "floor"])
     work = Path(a.workdir or tempfile.mkdtemp(prefix="uniproto-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     root, shards, num_samples = resolve_shards(a.shards, work)
@@ -487,6 +558,9 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
         "ratio": None,
         "overhead": None,
         "bare": None,
+        "floor": None,
+        "floor_overhead": None,
+        "ours_sets": list(a.sets),
         "cpus": n,
         "global_batch": a.batch,
         "arch": a.arch,
@@ -500,17 +574,32 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
     say(f"[bench] {n} cores {cpus}, {a.arch} at {a.image_size} px, global batch {a.batch}, {num_samples} "
         f"samples x {a.epochs} epochs ({len(shards)} shards), load {result['load_before']}")  # fmt: skip
 
+    loop_args = ["--arch", a.arch, "--image-size", str(a.image_size), "--batch", str(a.batch),
+                 "--steps", str(a.bare_steps), "--warmup", str(a.bare_warmup), "--classes", str(num_classes),
+                 "--threads", str(n), *(["--unfused-adamw"] if a.unfused_adamw else [])]  # fmt: skip
+    bare_runs: list[dict[str, Any]] = []
+
+    def run_bare() -> None:
+        i = len(bare_runs)
+        cmd = [sys.executable, "-m", "system.bench_train", "_bare", *loop_args]
+        usage = run_tree(cmd, base_env(n), cpus, work / f"bare-{i}.log", a.verbose)
+        bare = _last_json((work / f"bare-{i}.log").read_text(), "[bench] bare ")
+        bare_runs.append({**bare, **usage, "load": load_average()})
+        say(f"[bench] bare torch loop, run {i + 1}/{a.bare_repeats}: {bare['samples_per_s']:.1f} samples/s "
+            f"({bare['steps']} steps, {bare['threads']} threads), load {bare_runs[-1]['load']}")  # fmt: skip
+
     if "bare" in which:
-        cmd = [sys.executable, "-m", "system.bench_train", "_bare", "--arch", a.arch,
-               "--image-size", str(a.image_size), "--batch", str(a.batch), "--steps", str(a.bare_steps),
-               "--warmup", str(a.bare_warmup), "--classes", str(num_classes), "--threads", str(n),
-               *(["--unfused-adamw"] if a.unfused_adamw else [])]  # fmt: skip
-        usage = run_tree(cmd, base_env(n), cpus, work / "bare.log", a.verbose)
-        bare = _last_json((work / "bare.log").read_text(), "[bench] bare ")
-        result["bare"] = round(bare["samples_per_s"], 2)
-        result["bare_detail"] = {**bare, **usage, "load": load_average()}
-        say(f"[bench] bare torch loop: {bare['samples_per_s']:.1f} samples/s ({bare['steps']} steps, "
-            f"{bare['threads']} threads), load {result['bare_detail']['load']}")  # fmt: skip
+        run_bare()
+
+    if "floor" in which:
+        out = work / "floor.json"
+        cmd = [sys.executable, "-m", "system.bench_train", "_floor", *loop_args, "--out", str(out)]
+        usage = run_tree(cmd, base_env(None), cpus, work / "floor.log", a.verbose)
+        floor = json.loads(out.read_text())
+        result["floor"] = round(floor["samples_per_s"], 2)
+        result["floor_detail"] = {**floor, **usage, "load": load_average()}
+        say(f"[bench] the bare loop inside a 1-worker Ray Train run (no Ray Data, no DeepSpeed): "
+            f"{floor['samples_per_s']:.1f} samples/s, load {result['floor_detail']['load']}")  # fmt: skip
 
     if "peer" in which:
         python = ensure_peer_env(log=say)
@@ -545,6 +634,7 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             root, work / "ours", a.arch, a.image_size, a.batch, a.workers, a.epochs, n,
             zero_stage=a.zero_stage, fused=not a.unfused_adamw,
         )  # fmt: skip
+        sets += [x for kv in a.sets for x in ("--set", kv)]
         cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), *sets]
         usage = run_tree(cmd, base_env(None), cpus, work / "ours.log", a.verbose)
         reports = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
@@ -560,10 +650,19 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             f"{100 * ours['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS {usage['peak_rss_mb']} MB, "
             f"wall {usage['wall_s']} s, load {result['ours_detail']['load']}")  # fmt: skip
 
+    while "bare" in which and len(bare_runs) < a.bare_repeats:
+        run_bare()  # after ours: the mean brackets the other runs in time
+    if bare_runs:
+        summary = bare_summary([r["samples_per_s"] for r in bare_runs])
+        result["bare"] = round(summary["mean"], 2)
+        result["bare_detail"] = {**summary, "spread": round(summary["spread"], 3), "each": bare_runs}
     if result["ours"] and result["peer"]:
         result["ratio"] = round(result["ours"] / result["peer"], 3)
     if result["ours"] and result["bare"]:
         result["overhead"] = round((result["bare"] - result["ours"]) / result["bare"], 3)
+    if result["floor"] and result["bare"]:
+        # What Ray Train's own processes cost the same loop on these cores: a floor under `overhead`.
+        result["floor_overhead"] = round((result["bare"] - result["floor"]) / result["bare"], 3)
     result["load_after"] = load_average()
     result["workdir"] = str(work) if a.workdir else None
     if not a.workdir:
@@ -571,7 +670,9 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
 
         shutil.rmtree(work, ignore_errors=True)
     say(f"[bench] ours {result['ours']} / peer {result['peer']} samples/s: ratio {result['ratio']} (goal >= 1.0); "
-        f"bare {result['bare']}: overhead {result['overhead']} (goal <= 0.10); load {result['load_after']}")  # fmt: skip
+        f"bare {result['bare']} (spread {(result.get('bare_detail') or {}).get('spread')}): overhead "
+        f"{result['overhead']} (goal <= 0.10), of which Ray Train's floor {result['floor_overhead']}; "
+        f"load {result['load_after']}")  # fmt: skip
     return result
 
 
@@ -581,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         return _ours_child(argv[1:])
     if argv and argv[0] == "_bare":
         return _bare_child(argv[1:])
+    if argv and argv[0] == "_floor":
+        return _floor_child(argv[1:])
     a = parse_args(argv)
     result = benchmark(a, say=(lambda *_a, **_k: None) if a.json else (lambda s: print(s, flush=True)))
     print(json.dumps(result, default=float))

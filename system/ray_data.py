@@ -199,8 +199,11 @@ class FeatureEncoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        # Arrow hands out read-only buffers and torch.from_numpy warns on every such batch; a writable copy is
+        # made only when the buffer is read-only (np.require), and the model only reads it anyway.
+        images = np.require(batch["image"], requirements=["C", "W"])  # [N, S, S, 3] uint8
         with torch.inference_mode():
-            x = self.preprocess(torch.from_numpy(batch["image"]))  # [N, 3, S, S]
+            x = self.preprocess(torch.from_numpy(images))  # [N, 3, S, S]
             f = self.model.encode_image(x, normalize=True)  # [N, d]
         return {"feature": f.float().numpy(), "label": batch["label"]}
 

@@ -144,6 +144,27 @@ def test_bare_loop_trains_a_few_steps():
     assert r["samples_per_s"] > 0 and r["loss"] == r["loss"]  # finite, not NaN
 
 
+def test_bare_summary_is_the_mean_with_its_spread():
+    from system.bench_train import bare_summary
+
+    r = bare_summary([800.0, 700.0])
+    assert r["mean"] == pytest.approx(750.0)
+    assert r["spread"] == pytest.approx(100.0 / 750.0)
+    assert r["runs"] == [800.0, 700.0]
+    assert bare_summary([640.0])["spread"] == 0.0
+    with pytest.raises(ValueError):
+        bare_summary([])
+
+
+def test_benchmark_args_pass_our_overrides_and_refuse_zero_bare_runs():
+    from system.bench_train import parse_args
+
+    a = parse_args(["--set", "data.shuffle_buffer=0", "--set", "train.grad_accum=2"])
+    assert a.sets == ["data.shuffle_buffer=0", "train.grad_accum=2"] and a.bare_repeats == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--bare-repeats", "0"])
+
+
 def test_raw_shard_spec_gets_a_scanned_manifest(tiny_dataset, tmp_path):
     from system.bench_train import resolve_shards
     from system.data.dataset_dir import load_manifest
@@ -171,12 +192,14 @@ def test_cli_lists_benchmark_and_refuses_unknown_target(capsys):
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
-    """Ours + peer + bare on the tiny dataset: the last line is the JSON contract (values not asserted)."""
+    """Ours + peer + bare (twice) + floor on the tiny dataset: the last line is the JSON contract, its ratios
+    computed from its own figures (the figures themselves are timings, not asserted)."""
     from system.bench_train import main
 
     rc = main(
         ["--shards", str(tiny_dataset), "--cpus", "2", "--epochs", "2", "--batch", "32",
-         "--bare-steps", "2", "--bare-warmup", "1", "--workdir", str(tmp_path / "w")]
+         "--bare-steps", "2", "--bare-warmup", "1", "--workdir", str(tmp_path / "w"),
+         "--set", "data.shuffle_buffer=0"]
     )  # fmt: skip
     assert rc == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -185,3 +208,9 @@ def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
         assert key in result
     assert result["ours"] > 0 and result["peer"] > 0 and result["bare"] > 0
     assert result["ratio"] == pytest.approx(result["ours"] / result["peer"], rel=1e-2)
+    assert result["floor"] > 0 and len(result["bare_detail"]["runs"]) == 2
+    assert result["bare"] == pytest.approx(sum(result["bare_detail"]["runs"]) / 2, rel=1e-3)
+    assert result["floor_overhead"] == pytest.approx(1 - result["floor"] / result["bare"], abs=2e-3)
+    assert result["ours_sets"] == ["data.shuffle_buffer=0"]
+    resolved = (tmp_path / "w" / "ours" / "bench-ours" / "config.yaml").read_text()
+    assert "shuffle_buffer: 0" in resolved  # the extra override reached our run

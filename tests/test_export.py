@@ -99,3 +99,29 @@ def test_frozen_teacher_and_its_logits(tmp_path):
     out = teacher(images, text)
     expected = out["logit_scale"] * out["image_features"] @ out["text_features"].T
     assert z.shape == (3, 3) and torch.allclose(z, expected) and not z.requires_grad
+
+
+def test_feature_encoder_takes_read_only_batches_without_a_warning(tmp_path):
+    """Stage 2's encoder actor gets Arrow's read-only buffers: same features as a writable copy, no warning."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from system.models import create_clip
+    from system.ray_data import FeatureEncoder
+
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pt"
+    torch.save(create_clip("uniproto-tiny-rn", None, 32).state_dict(), weights)
+    enc = FeatureEncoder("uniproto-tiny-rn", 32, str(weights))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # [N, S, S, 3]
+    frozen = images.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = enc({"image": frozen, "label": np.arange(3)})
+    ref = enc({"image": images, "label": np.arange(3)})
+    assert out["feature"].shape[0] == 3
+    np.testing.assert_allclose(out["feature"], ref["feature"], rtol=0, atol=0)
+    np.testing.assert_allclose(np.linalg.norm(out["feature"], axis=1), 1.0, atol=1e-5)
