@@ -211,6 +211,7 @@ def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
     assert result["floor"] > 0 and len(result["bare_detail"]["runs"]) == 2
     assert result["bare"] == pytest.approx(sum(result["bare_detail"]["runs"]) / 2, rel=1e-3)
     assert result["floor_overhead"] == pytest.approx(1 - result["floor"] / result["bare"], abs=2e-3)
+    assert result["overhead_above_floor"] == pytest.approx(1 - result["ours"] / result["floor"], abs=2e-3)
     assert result["ours_sets"] == ["data.shuffle_buffer=0"]
     resolved = (tmp_path / "w" / "ours" / "bench-ours" / "config.yaml").read_text()
     assert "shuffle_buffer: 0" in resolved  # the extra override reached our run
