@@ -4,7 +4,9 @@
     uniproto benchmark data --make-shards DIR --samples N      # a photo-sized throughput dataset
 
 Two runs on the same shards, in the same shard order, one after the other, each in its own process tree pinned
-to the same N cores (CPU affinity), each producing the training's batches (uint8 images [b, S, S, 3], tokens
+to the same N cores (CPU affinity), repeated for `--repeats` rounds (default 2) in alternating order (peer,
+ours, ours, peer, ...: a machine whose speed drifts favours neither side; figures are the means, each run's
+images/s and each round's ratio are in the JSON), each producing the training's batches (uint8 images [b, S, S, 3], tokens
 [b, L], labels [b]) with no model behind them:
 
 * **ours**: `system.ray_data.train_dataset` exactly as stage 1 builds it (read_webdataset raw bytes -> decode +
@@ -33,8 +35,9 @@ data.decode_batch_size, data.filter_actors: the knobs of our pipeline, used by t
 
 `--scale K` runs ours again over K times the shard list (each shard K times, in a new order each pass) to the
 end, and reports peak RSS at 1x and Kx: a streaming pipeline's memory does not grow with the data.
-The last line printed is one JSON object (`ours`, `peer`, `ratio` = ours / peer, `cpu_s_per_1k`,
-`peak_rss_mb`, details and the load average before and after each run).
+The last line printed is one JSON object (`ours`, `peer`, `ratio` = ours / peer of the means, `ratio_runs` (per
+round), `ours_runs` / `peer_runs`, `cpu_s_per_1k`, `peak_rss_mb`, each run's details and the load average
+before and after it).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from system.bench_train import base_env, cpu_set, load_average, run_tree, write_scanned_manifest
+from system.bench_train import base_env, cpu_set, load_average, run_tree, runs_summary, write_scanned_manifest
 
 RESULT_PREFIX = "[bench] data "
 
@@ -288,6 +291,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=None, help="also run ours over K x the shards: peak RSS")
     p.add_argument("--peer-decode", choices=["same", "pil"], default="same")
     p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="rounds of both runs, alternating their order (peer, ours, ours, peer, ...); figures are means",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -304,8 +313,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not a.make_shards and not a.shards:
         p.error("one of --shards or --make-shards is required")
-    if a.warmup < 1 or a.batches < 1:
-        p.error("--warmup and --batches must be >= 1")
+    if a.warmup < 1 or a.batches < 1 or a.repeats < 1:
+        p.error("--warmup, --batches and --repeats must be >= 1")
     return a
 
 
@@ -397,6 +406,7 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
         "timed_batches": a.batches,
         "peer_decode": a.peer_decode,
         "sets": sets,
+        "repeats": a.repeats,
         "load_before": load_average(),
     }
     say(f"[bench] data: {n} cores {cpus}, {num_samples} samples in {len(paths)} shards x {spec['epochs']} "
@@ -406,18 +416,19 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
         "ours": f"ours (Ray Data, {n} logical CPUs: read -> decode+augment -> TextPairer pool)",
         "peer": f"peer (webdataset + DataLoader, {n} workers, decode {a.peer_decode})",
     }
-    for which in [w for w in ("peer", "ours") if w in (a.only or RUNNERS)]:
-        r = _run(which, spec, cpus, work, which, a.verbose)
-        result[which] = round(r["images_per_s"], 1)
-        result["cpu_s_per_1k"][which] = round(r["cpu_s_per_1k"], 2)
-        result["peak_rss_mb"][which] = r["peak_rss_mb"]
-        result[f"{which}_detail"] = r
-        say(f"[bench] {labels[which]}: {r['images_per_s']:.1f} images/s ({r['images']} images in "
-            f"{r['seconds']:.1f} s), {r['cpu_s_per_1k']:.2f} CPU-s per 1k images, peak RSS {r['peak_rss_mb']} "
-            f"MB, run {r['wall_s']} s / {r['cpu_s']} CPU-s in all, load {r['load_before']} -> "
-            f"{r['load_after']}")  # fmt: skip
-    if result["ours"] and result["peer"]:
-        result["ratio"] = round(result["ours"] / result["peer"], 3)
+    sides = [w for w in ("peer", "ours") if w in (a.only or RUNNERS)]
+    runs: dict[str, list[dict[str, Any]]] = {w: [] for w in sides}
+    for r, order in enumerate(round_orders(a.repeats, sides)):
+        for which in order:
+            tag = which if a.repeats == 1 else f"{which}-{r + 1}"
+            run = _run(which, spec, cpus, work, tag, a.verbose)
+            runs[which].append(run)
+            say(f"[bench] {labels[which]}{f' (round {r + 1}/{a.repeats})' if a.repeats > 1 else ''}: "
+                f"{run['images_per_s']:.1f} images/s ({run['images']} images in {run['seconds']:.1f} s), "
+                f"{run['cpu_s_per_1k']:.2f} CPU-s per 1k images, peak RSS {run['peak_rss_mb']} MB, run "
+                f"{run['wall_s']} s / {run['cpu_s']} CPU-s in all, load {run['load_before']} -> "
+                f"{run['load_after']}")  # fmt: skip
+    result.update(combine_rounds(runs))
     if a.scale and a.scale > 1:
         result["memory"] = memory_scaling(spec, a.scale, cpus, work, a.verbose, num_samples, say)
     result["load_after"] = load_average()
@@ -425,9 +436,35 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    say(f"[bench] data: ours {result['ours']} / peer {result['peer']} images/s: ratio {result['ratio']} "
+    rounds = f", per round {result['ratio_runs']}" if a.repeats > 1 and result["ratio_runs"] else ""
+    say(f"[bench] data: ours {result['ours']} / peer {result['peer']} images/s: ratio {result['ratio']}{rounds} "
         f"(goal >= 1.0 at 2 CPUs); load {result['load_after']} (figures under load are noisy)")  # fmt: skip
     return result
+
+
+def round_orders(repeats: int, sides: list[str]) -> list[list[str]]:
+    """The runs' order, round by round: the sides in order, reversed every other round (peer, ours, ours,
+    peer, ...), so a machine whose speed drifts during the benchmark favours neither side."""
+    return [list(sides) if r % 2 == 0 else list(sides)[::-1] for r in range(repeats)]
+
+
+def combine_rounds(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each side's figures over its rounds: mean images/s and CPU-s per 1k images, the largest peak RSS, each
+    run's images/s with their spread; the ratio of the means, and each round's own ratio."""
+    out: dict[str, Any] = {"cpu_s_per_1k": {}, "peak_rss_mb": {}, "ratio": None, "ratio_runs": []}
+    for side, side_runs in runs.items():
+        speed = runs_summary([r["images_per_s"] for r in side_runs])
+        out[side] = round(speed["mean"], 1)
+        out[f"{side}_runs"] = [round(r["images_per_s"], 1) for r in side_runs]
+        out[f"{side}_spread"] = round(speed["spread"], 3)
+        out["cpu_s_per_1k"][side] = round(sum(r["cpu_s_per_1k"] for r in side_runs) / len(side_runs), 2)
+        out["peak_rss_mb"][side] = max(r["peak_rss_mb"] for r in side_runs)
+        out[f"{side}_detail"] = side_runs
+    if out.get("ours") and out.get("peer"):
+        out["ratio"] = round(out["ours"] / out["peer"], 3)
+        pairs = zip(runs["ours"], runs["peer"], strict=True)
+        out["ratio_runs"] = [round(o["images_per_s"] / p["images_per_s"], 3) for o, p in pairs]
+    return out
 
 
 def memory_scaling(

@@ -454,11 +454,12 @@ def _floor_child(argv: list[str]) -> int:
     return 0
 
 
-def bare_summary(runs: list[float]) -> dict[str, Any]:
-    """The bare loop's figure from several runs spread over the benchmark (first and last): mean and spread
-    ((max - min) / mean), so a machine that speeds up or slows down during the benchmark shows in the result."""
+def runs_summary(runs: list[float]) -> dict[str, Any]:
+    """One figure from several runs spread over a benchmark (the bare loop's first and last runs; each side of
+    `benchmark data` over its rounds): mean and spread ((max - min) / mean), so a machine that speeds up or slows
+    down during the benchmark shows in the result."""
     if not runs:
-        raise ValueError("no bare-loop runs")
+        raise ValueError("no runs to summarise")
     mean = sum(runs) / len(runs)
     return {"mean": mean, "runs": [round(r, 2) for r in runs], "spread": (max(runs) - min(runs)) / mean}
 
@@ -654,7 +655,7 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
     while "bare" in which and len(bare_runs) < a.bare_repeats:
         run_bare()  # after ours: the mean brackets the other runs in time
     if bare_runs:
-        summary = bare_summary([r["samples_per_s"] for r in bare_runs])
+        summary = runs_summary([r["samples_per_s"] for r in bare_runs])
         result["bare"] = round(summary["mean"], 2)
         result["bare_detail"] = {**summary, "spread": round(summary["spread"], 3), "each": bare_runs}
     if result["ours"] and result["peer"]:

@@ -89,12 +89,40 @@ def test_memory_scaling_reports_both_sizes(monkeypatch, tmp_path):
     assert out["rss_growth"] == pytest.approx(round(510 / 501, 3))
 
 
+def test_rounds_alternate_and_figures_are_means(monkeypatch, photo_shards, tmp_path):
+    """--repeats 3 runs peer, ours | ours, peer | peer, ours; images/s and CPU-s are means over the runs, peak
+    RSS the largest, the ratio that of the means, and each round has its own ratio."""
+    calls = []
+    tags = ["peer-1", "ours-1", "ours-2", "peer-2", "peer-3", "ours-3"]
+    speeds = dict(zip(tags, [100.0, 90.0, 120.0, 80.0, 120.0, 150.0], strict=True))
+
+    def fake_run(which, spec, cpus, work, tag, verbose):
+        calls.append(tag)
+        return {"images_per_s": speeds[tag], "images": 64, "seconds": 1.0, "cpu_s_per_1k": speeds[tag] / 100,
+                "peak_rss_mb": speeds[tag] * 10, "wall_s": 2.0, "cpu_s": 3.0, "load_before": [0.0] * 3,
+                "load_after": [0.0] * 3}  # fmt: skip
+
+    monkeypatch.setattr(bench_data, "_run", fake_run)
+    a = bench_data.parse_args(["--shards", str(photo_shards), "--cpus", "1", "--repeats", "3",
+                               "--workdir", str(tmp_path)])  # fmt: skip
+    r = bench_data.benchmark(a, say=lambda s: None)
+    assert calls == ["peer-1", "ours-1", "ours-2", "peer-2", "peer-3", "ours-3"]
+    assert r["ours"] == pytest.approx(120.0) and r["peer"] == pytest.approx(100.0)
+    assert r["ratio"] == pytest.approx(1.2) and r["ratio_runs"] == [0.9, 1.5, 1.25]
+    assert r["ours_runs"] == [90.0, 120.0, 150.0] and r["ours_spread"] == pytest.approx(0.5)
+    assert r["cpu_s_per_1k"] == {"ours": 1.2, "peer": 1.0}
+    assert r["peak_rss_mb"] == {"ours": 1500, "peer": 1200}
+    assert len(r["ours_detail"]) == 3 and r["repeats"] == 3
+    with pytest.raises(SystemExit):
+        bench_data.parse_args(["--shards", "x", "--repeats", "0"])
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_benchmark_end_to_end_json_last_line(photo_shards, capsys):
     rc = main(
         ["--shards", str(photo_shards), "--cpus", "1", "--batch", "16", "--batches", "4", "--warmup", "2",
-         "--image-size", "32"]
+         "--image-size", "32", "--repeats", "1"]
     )  # fmt: skip
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -104,6 +132,6 @@ def test_benchmark_end_to_end_json_last_line(photo_shards, capsys):
     for side in ("ours", "peer"):
         # 4 tiny timed batches can fit inside one CPU clock tick (a prefetching side then shows 0.0 CPU-s)
         assert result["cpu_s_per_1k"][side] >= 0 and result["peak_rss_mb"][side] > 0
-        assert result[f"{side}_detail"]["images"] == 4 * 16  # four full batches after the warm-up
+        assert result[f"{side}_detail"][0]["images"] == 4 * 16  # four full batches after the warm-up
     assert result["cpus"] == 1 and result["batch"] == 16 and result["shards"] == 8
     assert any(line.startswith("[bench] ours (Ray Data") for line in lines)

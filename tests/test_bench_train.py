@@ -144,16 +144,16 @@ def test_bare_loop_trains_a_few_steps():
     assert r["samples_per_s"] > 0 and r["loss"] == r["loss"]  # finite, not NaN
 
 
-def test_bare_summary_is_the_mean_with_its_spread():
-    from system.bench_train import bare_summary
+def test_runs_summary_is_the_mean_with_its_spread():
+    from system.bench_train import runs_summary
 
-    r = bare_summary([800.0, 700.0])
+    r = runs_summary([800.0, 700.0])
     assert r["mean"] == pytest.approx(750.0)
     assert r["spread"] == pytest.approx(100.0 / 750.0)
     assert r["runs"] == [800.0, 700.0]
-    assert bare_summary([640.0])["spread"] == 0.0
+    assert runs_summary([640.0])["spread"] == 0.0
     with pytest.raises(ValueError):
-        bare_summary([])
+        runs_summary([])
 
 
 def test_benchmark_args_pass_our_overrides_and_refuse_zero_bare_runs():

@@ -3,6 +3,7 @@
 import numpy as np
 
 from system.data.decode import decode_batch
+from system.data.row_draws import RowDraws
 from system.text.pairing import TextPairer
 
 POOLS = {0: [f"zero {i}" for i in range(50)], 1: [f"one {i}" for i in range(50)]}
@@ -65,7 +66,7 @@ def test_cached_pool_tokens_equal_tokenizing_the_chosen_text():
     out = pairer(batch)["text"]
     twin = _pairer(seed=0)
     texts = [
-        twin.choose(str(c), int(y), np.random.default_rng(int(d)))
+        twin.choose(str(c), int(y), RowDraws(int(d)))
         for c, y, d in zip(batch["caption"], batch["label"], batch["draw"], strict=True)
     ]
     assert any(t == "a red circle" for t in texts) and any(t != "a red circle" for t in texts)

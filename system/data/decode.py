@@ -16,6 +16,7 @@ import numpy as np
 
 from system.data.augment import Augment, decode_image, row_rng
 from system.data.faults import MISSING_TEXT, DataFault
+from system.data.row_draws import RowDraws, hash_words
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 log = logging.getLogger(__name__)
@@ -60,31 +61,30 @@ def _skip(skipped: Counter[str], examples: list[str], reason: str, row: dict) ->
         examples.append(f"{_as_text(row.get('__url__')) or '?'}:{_as_text(row.get('__key__'))} ({reason})")
 
 
-def _row_generator(seed: int, stream: int, row: dict) -> np.random.Generator:
-    """A generator for one row's draws in one `stream` (1: resampling, 2: text choice): a function of the run
-    seed, the row's shard position (new every epoch), and its shard and key. Its seed has more words
-    than the 4-word augmentation streams of system.data.augment.row_rng, so no two streams coincide."""
+def _row_key(seed: int, stream: int, row: dict) -> int:
+    """A 64-bit key for one row's draws in one `stream` (1: resampling, 2: text choice): a hash of the run
+    seed, the stream, the row's shard position (new every epoch), and its shard and key (system.data.row_draws:
+    a hash per row instead of a numpy Generator, the draws being on every streamed row's path)."""
     shard = row.get("__shard__")
-    words = [
+    return hash_words(
         seed,
         stream,
         -1 if shard is None else int(shard),
         zlib.crc32(_as_text(row.get("__url__")).encode("utf-8")),
         zlib.crc32(_as_text(row.get("__key__")).encode("utf-8")),
-    ]
-    return np.random.default_rng([w % 2**63 for w in words])
+    )
 
 
 def _repeat_draw(seed: int, row: dict) -> float:
     """A uniform in [0, 1) for one row's resampling draw."""
-    return float(_row_generator(seed, 1, row).random())
+    return RowDraws(_row_key(seed, 1, row)).random()
 
 
 def _text_draws(seed: int, row: dict, copies: int) -> list[int]:
     """63-bit seeds for the text stage's choice, one per output copy of a row (which caption or pool sentence
-    it gets): text pairing is then reproducible whatever the actor count, batching or process ids. One
-    generator per row, whatever the number of copies (this runs for every row of the train stream)."""
-    return [int(x) for x in _row_generator(seed, 2, row).integers(2**63, size=copies)]
+    it gets): text pairing is then reproducible whatever the actor count, batching or process ids."""
+    draws = RowDraws(_row_key(seed, 2, row))
+    return [draws.next64() >> 1 for _ in range(copies)]
 
 
 def decode_batch(

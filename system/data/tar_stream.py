@@ -2,8 +2,9 @@
 
 Ray's `read_webdataset` fails its whole read task (one shard, and with it the dataset) on a duplicate member,
 members of a key that are not contiguous, a truncated tar or a file that is not a tar at all. This reader
-reads the tar as a stream (`tarfile` mode `r|*`: one member at a time, never the whole shard in memory, plain
-or compressed) and turns each of those into a counted skip:
+reads the tar as a stream (one member at a time, never the whole shard in memory, plain or compressed; headers
+parsed as tarfile does for the ustar, GNU and pax members that shards hold) and turns each of those into a
+counted skip:
 
 - a sample with the same `{key}.{ext}` twice is dropped (`duplicate_member`);
 - members of a key that come back after other keys are dropped (`non_contiguous_key`, one per stray run);
@@ -89,35 +90,147 @@ def _members(stream: IO[bytes]) -> Iterator[tuple[str, str, bytes]]:
     head = raw.read(6)
     if not head:
         raise _Fault(F.EMPTY_SHARD, "zero bytes")
-    tracked = _Tracker(_decompressed(head, raw))
+    src = _Buffered(_decompressed(head, raw))
+    for name, data in _tar_members(src):
+        parts = split_member_name(name)
+        if parts is not None:
+            yield parts[0], parts[1], data
+
+
+# Header parsing, as tarfile does it for the member types a shard holds (ustar, GNU and pax): a hand-written
+# loop because tarfile's per-member work (a TarInfo with a dozen parsed fields, three file objects) was a
+# quarter of a read+decode task at training sizes; this one parses name, size, type and checksum only.
+_BLOCK = tarfile.BLOCKSIZE
+_REGULAR = frozenset(b"07\0")  # regular file, contiguous file, old-style regular file (typeflag bytes)
+_LONG_NAME, _PAX, _PAX_GLOBAL = ord("L"), ord("x"), ord("g")
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+def _nts(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    """A header number: octal text, or GNU base-256 when the high bit of its first byte is set."""
+    if field[0] & 0x80:
+        n = int.from_bytes(field[1:], "big")
+        return n - 256 ** (len(field) - 1) if field[0] == 0xFF else n
+    text = field.split(b"\0", 1)[0].strip()
     try:
-        tar = tarfile.open(fileobj=tracked, mode="r|")
-    except _Fault:
-        raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
-        raise _Fault(F.NOT_A_TAR, str(e) or type(e).__name__) from None
-    try:
-        for member in tar:
-            if not member.isfile():
-                continue
-            handle = tar.extractfile(member)
-            data = handle.read() if handle is not None else b""
-            if len(data) != member.size:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise ValueError(f"invalid number field {field!r}") from None
+
+
+def _checksum_ok(block: bytes) -> bool:
+    stored = _number(block[148:156])
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
+    if stored == unsigned:
+        return True
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)  # old tars' signed sums
+    return stored == signed
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """`length key=value\n` records of a pax extended header."""
+    out, i = {}, 0
+    while i < len(data):
+        space = data.index(b" ", i)
+        length = int(data[i:space])
+        if length <= 0:
+            raise ValueError("bad pax record length")
+        key, _, value = data[space + 1 : i + length - 1].partition(b"=")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        i += length
+    return out
+
+
+def _tar_members(src: _Buffered) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of the regular members of an uncompressed tar stream, ending at its zero block. A header
+    that cannot be parsed is `not_a_tar` at the start of the stream and `truncated` later (tarfile's rule:
+    it stops quietly there, and a sound tar ends with a zero block); a stream error likewise."""
+    next_name: str | None = None  # from a GNU long-name member or a pax header, for the next member
+    next_size: int | None = None
+    while True:
+        at = src.offset
+        try:
+            block = src.read(_BLOCK)
+            if block == _ZERO_BLOCK:
+                return
+            if len(block) < _BLOCK:
+                if at == 0:
+                    raise ValueError(f"{len(block)} bytes, less than one header")
+                raise _Fault(F.TRUNCATED, f"no end-of-archive block at byte {at} (cut or damaged)")
+            if not _checksum_ok(block):
+                raise ValueError(f"bad header checksum at byte {at}")
+            kind = block[156]
+            size = (
+                next_size
+                if next_size is not None and kind not in (_PAX, _LONG_NAME)
+                else _number(block[124:136])
+            )
+            if size < 0:
+                raise ValueError(f"negative member size at byte {at}")
+            data = src.read(size)
+            if len(data) != size:
                 raise _Fault(
-                    F.TRUNCATED, f"member {member.name!r} ends after {len(data)} of {member.size} bytes"
+                    F.TRUNCATED, f"member {_nts(block[:100])!r} ends after {len(data)} of {size} bytes"
                 )
-            parts = split_member_name(member.name)
-            if parts is not None:
-                yield parts[0], parts[1], data
-        # tarfile ends quietly on a cut or garbled header after the first member: a sound tar ends with a
-        # zero block where the iteration stopped.
-        end = tracked.block_at(tar.offset)
-        if len(end) < tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
-            raise _Fault(F.TRUNCATED, f"no end-of-archive block at byte {tar.offset} (cut or damaged)")
-    except _Fault:
-        raise
-    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
-        raise _Fault(F.TRUNCATED, f"{e or type(e).__name__} after {tracked.pos} bytes") from None
+            src.read(-size % _BLOCK)  # padding to the next header; a cut there shows at the next read
+        except _Fault:
+            raise
+        except (ValueError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            reason = F.NOT_A_TAR if at == 0 else F.TRUNCATED
+            raise _Fault(reason, f"{e or type(e).__name__} after {src.offset} bytes") from None
+        if kind == _LONG_NAME:
+            next_name = _nts(data)
+            continue
+        if kind == _PAX:
+            try:
+                records = _pax_records(data)
+            except ValueError as e:
+                raise _Fault(F.TRUNCATED, f"bad pax header at byte {at}: {e}") from None
+            next_name = records.get("path", next_name)
+            next_size = int(records["size"]) if "size" in records else next_size
+            continue
+        if kind == _PAX_GLOBAL:
+            continue
+        name = next_name
+        if name is None:
+            name = _nts(block[:100])
+            if block[257:265] == b"ustar\x0000":  # POSIX ustar: a path prefix in the header
+                prefix = _nts(block[345:500])
+                name = f"{prefix}/{name}" if prefix else name
+        next_name = next_size = None
+        if kind in _REGULAR and not (kind == 0 and name.endswith("/")):  # old-style directories end in /
+            yield name, data
+
+
+class _Buffered:
+    """Reads of exact sizes from a stream, served from chunks of tarfile's record size (headers are 512 bytes:
+    one system call each would cost more than parsing them), with the offset reached. Chunks no larger than
+    tarfile's keep its behaviour on a cut compressed stream: the decompressor raises at the cut, and what came
+    before it in earlier chunks has been passed on."""
+
+    CHUNK = tarfile.RECORDSIZE
+
+    def __init__(self, src: IO[bytes]):
+        self.src, self.buf, self.i, self.offset = src, b"", 0, 0
+
+    def read(self, size: int) -> bytes:
+        if len(self.buf) - self.i < size:
+            parts, have = [self.buf[self.i :]], len(self.buf) - self.i
+            while have < size:
+                more = self.src.read(max(self.CHUNK, size - have))
+                if not more:
+                    break
+                parts.append(more)
+                have += len(more)
+            self.buf, self.i = b"".join(parts), 0
+        out = self.buf[self.i : self.i + size]
+        self.i += len(out)
+        self.offset += len(out)
+        return out
 
 
 class _RawGuard:
@@ -159,32 +272,6 @@ def _decompressed(head: bytes, raw: _RawGuard) -> IO[bytes]:
     if head.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMAFile(src, mode="rb")  # type: ignore[arg-type]
     return src  # type: ignore[return-value]
-
-
-class _Tracker:
-    """The uncompressed tar bytes as tarfile reads them, keeping the last few chunks (to look at the block
-    where tarfile stopped)."""
-
-    KEEP = 4 * tarfile.RECORDSIZE
-
-    def __init__(self, src: IO[bytes]):
-        self.src, self.pos, self.window, self.window_start = src, 0, b"", 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.src.read(size)
-        self.pos += len(data)
-        self.window += data
-        if len(self.window) > self.KEEP:
-            cut = len(self.window) - self.KEEP
-            self.window, self.window_start = self.window[cut:], self.window_start + cut
-        return data
-
-    def block_at(self, offset: int) -> bytes:
-        """The bytes [offset, offset + 512) as far as they were read (b"" when they have left the window)."""
-        if offset < self.window_start:
-            return b""
-        i = offset - self.window_start
-        return self.window[i : i + tarfile.BLOCKSIZE]
 
 
 def iter_samples(stream: IO[bytes], tally: ShardTally, strict: bool = False) -> Iterator[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from system.data.row_draws import RowDraws
 from system.models import tokenizer_for
 from system.text.filter import is_relevant_caption, make_scorer
 
@@ -44,7 +45,7 @@ class TextPairer:
         self.replaced = 0
         self.rows = 0
 
-    def pick(self, caption: str, label: int, rng: np.random.Generator | None = None) -> str | int:
+    def pick(self, caption: str, label: int, rng: RowDraws | np.random.Generator | None = None) -> str | int:
         """The row's own caption (a str), or the index of the pool sentence that replaces it (an int)."""
         rng = rng or self.rng
         self.rows += 1
@@ -54,7 +55,7 @@ class TextPairer:
             self.replaced += 1
         return int(rng.integers(len(self.pools[label])))
 
-    def choose(self, caption: str, label: int, rng: np.random.Generator | None = None) -> str:
+    def choose(self, caption: str, label: int, rng: RowDraws | np.random.Generator | None = None) -> str:
         """The text a row is paired with."""
         picked = self.pick(caption, label, rng)
         return picked if isinstance(picked, str) else self.pools[label][picked]
@@ -69,7 +70,8 @@ class TextPairer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         draws = batch.get("draw")
         labels = [int(y) for y in batch["label"]]
-        rngs = [np.random.default_rng(int(d)) for d in draws] if draws is not None else [None] * len(labels)
+        # Each row's seed keys a counter-based stream (a hash, not a numpy Generator per row: this is per row).
+        rngs = [RowDraws(int(d)) for d in draws] if draws is not None else [None] * len(labels)
         picks = [self.pick(str(c), y, r) for c, y, r in zip(batch["caption"], labels, rngs, strict=True)]
         if not picks:
             return {"image": batch["image"], "label": batch["label"], "text": np.zeros((0, 1), np.int64)}
