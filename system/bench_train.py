@@ -53,6 +53,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -152,17 +153,46 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+# Roles of the processes of a run's tree, by process title (Ray names a worker `ray::<task or actor>` while it
+# runs one): where ours spends the cores besides the training step.
+ROLE_PATTERNS = (
+    ("train_worker", re.compile(r"TrainWorker")),
+    ("data", re.compile(r"ReadShards|MapBatches|MapWorker|SplitCoordinator|ReadReadShards")),
+    ("ray_actors", re.compile(r"^ray::")),  # Train's controller, Data's stats actor, the ledger, agents...
+)
+
+
+def process_role(title: str, is_root: bool) -> str:
+    """The role of one process from its title: driver (the run's own process), train_worker, data,
+    ray_actors (other Ray actors and tasks), ray_idle (a worker between tasks that never ran one we know), or
+    other (Ray's daemons: gcs, raylet, dashboard; a DataLoader's workers)."""
+    if is_root:
+        return "driver"
+    if title.startswith("ray::IDLE"):
+        return "ray_idle"
+    return next((role for role, pattern in ROLE_PATTERNS if pattern.search(title)), "other")
+
+
 class TreeMonitor:
     """CPU seconds (user + system, summed over every process of the tree) and peak summed RSS of a process
-    and all its descendants (Ray's gcs/raylet/workers, dataloader workers), sampled every `interval` s."""
+    and all its descendants (Ray's gcs/raylet/workers, dataloader workers), sampled every `interval` s.
+    CPU seconds are also split by process role (`process_role`), each interval's growth going to the role
+    the process has at the sample; a worker seen idle keeps the last role it had (a data task's process
+    between two tasks is still the data pipeline's)."""
 
     def __init__(self, pid: int, interval: float = 1.0) -> None:
         self.pid, self.interval = pid, interval
         self.cpu: dict[int, float] = {}
+        self.role: dict[int, str] = {}
+        self.by_role: dict[str, float] = {}
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def _title(self, p) -> str:
+        cmd = p.cmdline()
+        return cmd[0] if cmd and cmd[0].startswith("ray::") else p.name()
 
     def _sample(self) -> None:
         import psutil
@@ -177,10 +207,17 @@ class TreeMonitor:
             try:
                 with p.oneshot():
                     t = p.cpu_times()
-                    self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), t.user + t.system)
                     rss += p.memory_info().rss
+                    role = process_role(self._title(p), p.pid == self.pid)
             except psutil.Error:
                 continue
+            if role == "ray_idle":
+                role = self.role.get(p.pid, role)
+            self.role[p.pid] = role
+            total = t.user + t.system
+            grown = max(0.0, total - self.cpu.get(p.pid, 0.0))
+            self.by_role[role] = self.by_role.get(role, 0.0) + grown
+            self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), total)
         self.peak_rss = max(self.peak_rss, rss)
 
     def _run(self) -> None:
@@ -188,11 +225,22 @@ class TreeMonitor:
             self._sample()
             self._stop.wait(self.interval)
 
-    def stop(self) -> dict[str, float]:
-        self._sample()
+    def stop(self) -> dict[str, Any]:
         self._stop.set()
         self._thread.join()
-        return {"cpu_s": round(sum(self.cpu.values()), 1), "peak_rss_mb": round(self.peak_rss / 2**20, 1)}
+        self._sample()  # the last one, after the thread's (two at once would count a growth twice)
+        return {
+            "cpu_s": round(sum(self.cpu.values()), 1),
+            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+            "cpu_s_by_role": {k: round(v, 1) for k, v in sorted(self.by_role.items(), key=lambda kv: -kv[1])},
+        }
+
+
+def role_line(usage: dict[str, Any]) -> str:
+    """`CPU-s by role: train_worker 310.2 (61%), data 120.4 (24%), ...` of a run_tree result."""
+    roles = usage.get("cpu_s_by_role") or {}
+    total = sum(roles.values()) or 1.0
+    return "CPU-s by role: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in roles.items())
 
 
 def cpu_set(cpus: int) -> list[int]:
@@ -602,6 +650,7 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
         result["floor_detail"] = {**floor, **usage, "load": load_average()}
         say(f"[bench] the bare loop inside a 1-worker Ray Train run (no Ray Data, no DeepSpeed): "
             f"{floor['samples_per_s']:.1f} samples/s, load {result['floor_detail']['load']}")  # fmt: skip
+        say(f"[bench] floor's {role_line(usage)}")
 
     if "peer" in which:
         python = ensure_peer_env(log=say)
@@ -651,6 +700,7 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             f"{ours['samples_per_s']:.1f} samples/s ({ours['epochs']} epochs, data-wait "
             f"{100 * ours['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS {usage['peak_rss_mb']} MB, "
             f"wall {usage['wall_s']} s, load {result['ours_detail']['load']}")  # fmt: skip
+        say(f"[bench] ours' {role_line(usage)}")
 
     while "bare" in which and len(bare_runs) < a.bare_repeats:
         run_bare()  # after ours: the mean brackets the other runs in time

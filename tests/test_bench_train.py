@@ -215,3 +215,66 @@ def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
     assert result["ours_sets"] == ["data.shuffle_buffer=0"]
     resolved = (tmp_path / "w" / "ours" / "bench-ours" / "config.yaml").read_text()
     assert "shuffle_buffer: 0" in resolved  # the extra override reached our run
+
+
+def test_process_roles_from_titles():
+    from system.bench_train import process_role
+
+    assert process_role("python", is_root=True) == "driver"
+    assert process_role("ray::RayTrainWorker.run_train_fn", False) == "train_worker"
+    assert process_role("ray::ReadReadShards->MapBatches(decode_and_record)", False) == "data"
+    assert process_role("ray::MapWorker(MapBatches(TextPairer)).submit", False) == "data"
+    assert process_role("ray::SplitCoordinator.get", False) == "data"
+    assert process_role("ray::TrainController.run", False) == "ray_actors"
+    assert process_role("ray::IDLE", False) == "ray_idle"
+    assert process_role("raylet", False) == "other" and process_role("gcs_server", False) == "other"
+
+
+def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypatch):
+    """Growth between samples goes to the role a process has at the sample; an idle-titled worker keeps the
+    role it had before; the roles add up to the total."""
+    import types
+
+    import psutil
+
+    from system import bench_train
+
+    titles = {1: ["python"], 2: ["ray::ReadReadShards->MapBatches(x)"], 3: ["ray::IDLE"]}
+    cpu = {1: 1.0, 2: 2.0, 3: 0.5}
+
+    class Proc:
+        def __init__(self, pid):
+            self.pid = pid
+
+        def children(self, recursive=False):
+            return [Proc(2), Proc(3)]
+
+        def oneshot(self):
+            import contextlib
+
+            return contextlib.nullcontext()
+
+        def cpu_times(self):
+            return types.SimpleNamespace(user=cpu[self.pid], system=0.0)
+
+        def memory_info(self):
+            return types.SimpleNamespace(rss=2**20)
+
+        def cmdline(self):
+            return titles[self.pid]
+
+        def name(self):
+            return titles[self.pid][0]
+
+    monkeypatch.setattr(psutil, "Process", Proc)
+    mon = bench_train.TreeMonitor(1, interval=3600)  # the thread samples once; the rest by hand
+    mon._stop.set()
+    mon._thread.join()
+    titles[2] = ["ray::IDLE"]  # the data worker between two tasks
+    cpu.update({1: 1.5, 2: 5.0, 3: 0.75})
+    mon._sample()
+    assert mon.by_role == pytest.approx({"driver": 1.5, "data": 5.0, "ray_idle": 0.75})
+    out = mon.stop()
+    assert out["cpu_s"] == pytest.approx(7.2, abs=0.06) and out["peak_rss_mb"] == 3.0
+    assert sum(out["cpu_s_by_role"].values()) == pytest.approx(out["cpu_s"], abs=0.2)
+    assert bench_train.role_line(out).startswith("CPU-s by role: data 5.0 (68%), driver 1.5 (21%)")
