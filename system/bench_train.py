@@ -185,6 +185,7 @@ class TreeMonitor:
         self.cpu: dict[int, float] = {}
         self.role: dict[int, str] = {}
         self.by_role: dict[str, float] = {}
+        self.timeline: list[tuple[float, dict[str, float]]] = []  # (wall time, by_role so far) per sample
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -219,6 +220,7 @@ class TreeMonitor:
             self.by_role[role] = self.by_role.get(role, 0.0) + grown
             self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), total)
         self.peak_rss = max(self.peak_rss, rss)
+        self.timeline.append((time.time(), dict(self.by_role)))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -236,6 +238,21 @@ class TreeMonitor:
         }
 
 
+def cores_by_role(
+    timeline: list[tuple[float, dict[str, float]]], start: float, end: float
+) -> dict[str, Any] | None:
+    """Cores each role kept busy between two wall times (CPU-s grown between the first sample at or after
+    `start` and the last at or before `end`, over the time between them); None when fewer than two samples
+    fall inside (a window shorter than the sampling interval)."""
+    inside = [(t, roles) for t, roles in timeline if start <= t <= end]
+    if len(inside) < 2:
+        return None
+    (t0, first), (t1, last) = inside[0], inside[-1]
+    cores = {k: (v - first.get(k, 0.0)) / (t1 - t0) for k, v in last.items()}
+    cores = {k: round(v, 3) for k, v in sorted(cores.items(), key=lambda kv: -kv[1]) if v > 0.0005}
+    return {"seconds": round(t1 - t0, 1), "cores": cores, "total": round(sum(cores.values()), 3)}
+
+
 def role_line(usage: dict[str, Any]) -> str:
     """`CPU-s by role: train_worker 310.2 (61%), data 120.4 (24%), ...` of a run_tree result."""
     roles = usage.get("cpu_s_by_role") or {}
@@ -250,8 +267,16 @@ def cpu_set(cpus: int) -> list[int]:
     return avail[:cpus]
 
 
-def run_tree(cmd: list[str], env: dict[str, str], cpus: list[int], log_path: Path, echo: bool) -> dict:
-    """Run `cmd` pinned to `cpus`, output to `log_path` (and stdout with `echo`); wall, CPU seconds, peak RSS."""
+def run_tree(
+    cmd: list[str],
+    env: dict[str, str],
+    cpus: list[int],
+    log_path: Path,
+    echo: bool,
+    timeline: list | None = None,
+) -> dict:
+    """Run `cmd` pinned to `cpus`, output to `log_path` (and stdout with `echo`); wall, CPU seconds (also by
+    process role), peak RSS. `timeline` (a list) gets the monitor's samples: (wall time, CPU-s by role)."""
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -271,6 +296,8 @@ def run_tree(cmd: list[str], env: dict[str, str], cpus: list[int], log_path: Pat
                 sys.stdout.write(line)
         rc = proc.wait()
         usage = mon.stop()
+        if timeline is not None:
+            timeline.extend(mon.timeline)
     out = {"rc": rc, "wall_s": round(time.perf_counter() - t0, 1), **usage}
     if rc != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
@@ -359,6 +386,7 @@ def _recorder(path: str):
 
         def after_report(self, run_context, metrics, checkpoint) -> None:
             m = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float, str))}
+            m["recorded_at"] = time.time()  # wall clock: the measured epochs' window for CPU by role
             with open(self.path, "a") as f:
                 f.write(json.dumps(m) + "\n")
 
@@ -687,9 +715,16 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
         )  # fmt: skip
         sets += [x for kv in a.sets for x in ("--set", kv)]
         cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), *sets]
-        usage = run_tree(cmd, base_env(None), cpus, work / "ours.log", a.verbose)
+        timeline: list = []
+        usage = run_tree(cmd, base_env(None), cpus, work / "ours.log", a.verbose, timeline)
         reports = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
         ours = ours_throughput(reports, skip_epochs=1)
+        # Where the cores went while the measured epochs ran (from the end of epoch 1 to the last report).
+        epochs = [r for r in reports if r.get("kind") == "epoch" and "recorded_at" in r]
+        if len(epochs) >= 2:
+            usage["steady_cores_by_role"] = cores_by_role(
+                timeline, epochs[0]["recorded_at"], epochs[-1]["recorded_at"]
+            )
         ours["steps"] = int(ours["samples"]) // a.batch
         result["ours"] = round(ours["samples_per_s"], 2)
         result["ours_detail"] = {**ours, **usage, "train_workers": a.workers, "ray_logical_cpus": 2 * n,
@@ -701,6 +736,13 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             f"{100 * ours['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS {usage['peak_rss_mb']} MB, "
             f"wall {usage['wall_s']} s, load {result['ours_detail']['load']}")  # fmt: skip
         say(f"[bench] ours' {role_line(usage)}")
+        steady = usage.get("steady_cores_by_role")
+        if steady:
+            say(
+                f"[bench] ours' cores by role over the measured epochs ({steady['seconds']} s): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in steady["cores"].items())
+                + f"; total {steady['total']:.2f}"
+            )
 
     while "bare" in which and len(bare_runs) < a.bare_repeats:
         run_bare()  # after ours: the mean brackets the other runs in time

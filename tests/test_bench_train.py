@@ -215,6 +215,10 @@ def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
     assert result["ours_sets"] == ["data.shuffle_buffer=0"]
     resolved = (tmp_path / "w" / "ours" / "bench-ours" / "config.yaml").read_text()
     assert "shuffle_buffer: 0" in resolved  # the extra override reached our run
+    # CPU-s by process role add up to the run's CPU-s; the Train worker and the data pipeline both show
+    roles = result["ours_detail"]["cpu_s_by_role"]
+    assert roles.get("train_worker", 0) > 0 and roles.get("data", 0) > 0 and roles.get("driver", 0) > 0
+    assert sum(roles.values()) == pytest.approx(result["ours_detail"]["cpu_s"], rel=0.02, abs=0.5)
 
 
 def test_process_roles_from_titles():
@@ -278,3 +282,21 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
     assert out["cpu_s"] == pytest.approx(7.2, abs=0.06) and out["peak_rss_mb"] == 3.0
     assert sum(out["cpu_s_by_role"].values()) == pytest.approx(out["cpu_s"], abs=0.2)
     assert bench_train.role_line(out).startswith("CPU-s by role: data 5.0 (68%), driver 1.5 (21%)")
+
+
+def test_cores_by_role_over_a_window():
+    from system.bench_train import cores_by_role
+
+    timeline = [
+        (10.0, {"driver": 1.0}),
+        (11.0, {"driver": 1.5, "train_worker": 0.5}),  # first sample inside [10.5, 14.5]
+        (13.0, {"driver": 1.6, "train_worker": 3.5, "data": 0.6}),
+        (14.0, {"driver": 1.7, "train_worker": 5.0, "data": 1.0}),  # last sample inside
+        (15.0, {"driver": 9.0, "train_worker": 9.0, "data": 9.0}),
+    ]
+    out = cores_by_role(timeline, 10.5, 14.5)
+    assert out["seconds"] == 3.0
+    assert out["cores"] == {"train_worker": 1.5, "data": pytest.approx(1 / 3, abs=1e-3), "driver": 0.067}
+    assert list(out["cores"]) == ["train_worker", "data", "driver"]  # largest first
+    assert out["total"] == pytest.approx(1.5 + 1 / 3 + 0.2 / 3, abs=2e-3)
+    assert cores_by_role(timeline, 10.5, 11.5) is None  # one sample inside: no window
