@@ -38,7 +38,10 @@ lines; bare and floor: after `--bare-warmup` steps). ratio = ours / peer; overhe
 floor_overhead = (bare - floor) / bare; overhead_above_floor = (floor - ours) / floor.
 The last line printed is one JSON object with `ours`, `peer`, `ratio`, `overhead` and the details.
 CPU-seconds and peak RSS cover each whole process tree and run (start-up included); RSS is summed over the
-processes, so pages they share (Ray's object store) count once per process. Multi-threaded torch (the bare
+processes, so pages they share (Ray's object store) count once per process. CPU-seconds are also split by
+process role (`cpu_s_by_role`: driver, train_worker, data, ray_actors, ray_idle, other = Ray's daemons), and
+for ours `steady_cores_by_role` gives the cores each role kept busy over the measured epochs alone.
+Multi-threaded torch (the bare
 loop, the peer) collapses when other work shares the cores (10-25x slower here at a load of 6-20 on 2 cores),
 while ours runs one thread per process: compare figures taken at a low load average, which the output reports.
 
