@@ -6,8 +6,8 @@
 Two runs on the same shards, in the same shard order, one after the other, each in its own process tree pinned
 to the same N cores (CPU affinity), repeated for `--repeats` rounds (default 2) in alternating order (peer,
 ours, ours, peer, ...: a machine whose speed drifts favours neither side; figures are the means, each run's
-images/s and each round's ratio are in the JSON), each producing the training's batches (uint8 images [b, S, S, 3], tokens
-[b, L], labels [b]) with no model behind them:
+images/s and each round's ratio are in the JSON), each producing the training's batches (uint8 images
+[b, S, S, 3], tokens [b, L], labels [b]) with no model behind them:
 
 * **ours**: `system.ray_data.train_dataset` exactly as stage 1 builds it (read_webdataset raw bytes -> decode +
   random-resized crop + flip in `map_batches` -> text pairing + tokenization in the TextPairer actor pool), on

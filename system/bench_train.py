@@ -41,9 +41,9 @@ CPU-seconds and peak RSS cover each whole process tree and run (start-up include
 processes, so pages they share (Ray's object store) count once per process. CPU-seconds are also split by
 process role (`cpu_s_by_role`: driver, train_worker, data, ray_actors, ray_idle, other = Ray's daemons), and
 for ours `steady_cores_by_role` gives the cores each role kept busy over the measured epochs alone.
-Multi-threaded torch (the bare
-loop, the peer) collapses when other work shares the cores (10-25x slower here at a load of 6-20 on 2 cores),
-while ours runs one thread per process: compare figures taken at a low load average, which the output reports.
+Multi-threaded torch (the bare loop, the peer) collapses when other work shares the cores (10-25x slower here
+at a load of 6-20 on 2 cores), while ours runs one thread per process: compare figures taken at a low load
+average, which the output reports.
 
 `--shards` takes a dataset directory (manifest.json; its train split is used) or a raw shard spec (a brace
 pattern or glob of .tar files, `::`-separated for several): a manifest is then written into the work directory
@@ -160,7 +160,7 @@ def load_average() -> list[float]:
 # runs one): where ours spends the cores besides the training step.
 ROLE_PATTERNS = (
     ("train_worker", re.compile(r"TrainWorker")),
-    ("data", re.compile(r"ReadShards|MapBatches|MapWorker|SplitCoordinator|ReadReadShards")),
+    ("data", re.compile(r"ReadShards|MapBatches|MapWorker|SplitCoordinator")),
     ("ray_actors", re.compile(r"^ray::")),  # Train's controller, Data's stats actor, the ledger, agents...
 )
 

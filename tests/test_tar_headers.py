@@ -97,3 +97,17 @@ def test_a_cut_compressed_shard_keeps_the_samples_before_the_cut():
     keys = [r["__key__"] for r in iter_samples(io.BytesIO(cut), tally)]
     assert tally.fault == "truncated"
     assert 6 <= len(keys) < 12 and keys == [f"k{i:02d}" for i in range(len(keys))]  # a prefix, most of it
+
+
+def test_a_pax_global_header_is_not_a_member_and_keeps_sizes():
+    buf = io.BytesIO()
+    with tarfile.open(
+        fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "x" * 300}
+    ) as tar:
+        for name, data in (("k0.jpg", b"a" * 700), ("k0.txt", b"b" * 5)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    data = buf.getvalue()
+    assert data[156:157] == b"g"  # the archive opens with a global header
+    assert list(_tar_members(_Buffered(io.BytesIO(data)))) == _tarfile_members(data)

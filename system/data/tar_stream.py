@@ -164,11 +164,9 @@ def _tar_members(src: _Buffered) -> Iterator[tuple[str, bytes]]:
             if not _checksum_ok(block):
                 raise ValueError(f"bad header checksum at byte {at}")
             kind = block[156]
-            size = (
-                next_size
-                if next_size is not None and kind not in (_PAX, _LONG_NAME)
-                else _number(block[124:136])
-            )
+            # A pax `size` record applies to the next member proper, not to another header member.
+            headers = (_PAX, _PAX_GLOBAL, _LONG_NAME)
+            size = next_size if next_size is not None and kind not in headers else _number(block[124:136])
             if size < 0:
                 raise ValueError(f"negative member size at byte {at}")
             data = src.read(size)
