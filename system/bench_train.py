@@ -31,6 +31,10 @@ process tree confined to the same N cores (CPU affinity):
   cost on these cores (the main thread of every Ray actor wakes every 10 ms, and ours runs about a dozen
   actors beside the Train worker, plus raylet, gcs, the dashboard and its agent), a floor
   under `overhead` that no change inside our training loop can remove.
+* **idle** (`--only idle`, not in the default set): the bare loop in one process beside a local Ray started as
+  ours is, in phases without and with `--idle-actors` idle actors, alternating: what each Ray worker process
+  costs the loop (every one wakes its main thread 100 times a second, busy or not). Ours' measured epochs also
+  report how many such processes lived beside the Train worker (`steady_cores_by_role.ray_processes`).
 
 Throughput is steady state: samples over summed step time in the epochs after the first (ours: the per-epoch
 `samples` / `epoch_s` of the Train reports, which exclude the between-epoch checkpoint; peer: its per-step log
@@ -188,7 +192,8 @@ class TreeMonitor:
         self.cpu: dict[int, float] = {}
         self.role: dict[int, str] = {}
         self.by_role: dict[str, float] = {}
-        self.timeline: list[tuple[float, dict[str, float]]] = []  # (wall time, by_role so far) per sample
+        # (wall time, CPU-s by role so far, Ray worker processes alive beside the Train workers) per sample
+        self.timeline: list[tuple[float, dict[str, float], int]] = []
         self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -206,15 +211,19 @@ class TreeMonitor:
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return
-        rss = 0
+        rss, beside = 0, 0
         for p in procs:
             try:
                 with p.oneshot():
                     t = p.cpu_times()
                     rss += p.memory_info().rss
-                    role = process_role(self._title(p), p.pid == self.pid)
+                    title = self._title(p)
+                    role = process_role(title, p.pid == self.pid)
             except psutil.Error:
                 continue
+            # Each Ray worker process wakes 100 times/s, busy or not (`--only idle` measures what that costs);
+            # the dashboard's and runtime-env agents are not workers.
+            beside += title.startswith("ray::") and "Agent" not in title and role != "train_worker"
             if role == "ray_idle":
                 role = self.role.get(p.pid, role)
             self.role[p.pid] = role
@@ -223,7 +232,7 @@ class TreeMonitor:
             self.by_role[role] = self.by_role.get(role, 0.0) + grown
             self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), total)
         self.peak_rss = max(self.peak_rss, rss)
-        self.timeline.append((time.time(), dict(self.by_role)))
+        self.timeline.append((time.time(), dict(self.by_role), beside))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -247,13 +256,17 @@ def cores_by_role(
     """Cores each role kept busy between two wall times (CPU-s grown between the first sample at or after
     `start` and the last at or before `end`, over the time between them); None when fewer than two samples
     fall inside (a window shorter than the sampling interval)."""
-    inside = [(t, roles) for t, roles in timeline if start <= t <= end]
+    inside = [sample for sample in timeline if start <= sample[0] <= end]
     if len(inside) < 2:
         return None
-    (t0, first), (t1, last) = inside[0], inside[-1]
+    (t0, first, *_), (t1, last, *_) = inside[0], inside[-1]
     cores = {k: (v - first.get(k, 0.0)) / (t1 - t0) for k, v in last.items()}
     cores = {k: round(v, 3) for k, v in sorted(cores.items(), key=lambda kv: -kv[1]) if v > 0.0005}
-    return {"seconds": round(t1 - t0, 1), "cores": cores, "total": round(sum(cores.values()), 3)}
+    out = {"seconds": round(t1 - t0, 1), "cores": cores, "total": round(sum(cores.values()), 3)}
+    counts = [sample[2] for sample in inside if len(sample) > 2]
+    if counts:  # Ray worker processes beside the Train workers, mean over the window's samples
+        out["ray_processes"] = round(sum(counts) / len(counts), 1)
+    return out
 
 
 def role_line(usage: dict[str, Any]) -> str:
@@ -416,21 +429,19 @@ def ours_throughput(reports: list[dict[str, Any]], skip_epochs: int = 1) -> dict
 # --------------------------------------------------------------------------------------------- bare
 
 
-def bare_loop(
+def bare_step(
     arch: str,
     image_size: int,
     batch: int,
-    steps: int,
-    warmup: int,
     num_classes: int,
-    threads: int | None = None,
     seed: int = 0,
     lr: float = 2e-3,
     weight_decay: float = 0.05,
     grad_clip: float = 1.0,
     fused: bool = True,
-) -> dict[str, float]:
-    """Single-process training steps on pre-decoded in-memory batches: samples/s after `warmup` steps."""
+):
+    """One training step of the bare loop as a function (returns the loss tensor): the same model, loss and
+    AdamW as ours, on two pre-decoded in-memory batches taken in turn (no data loading inside the step)."""
     import torch
 
     from system.class_prototypes import arch_embed_dim
@@ -440,8 +451,6 @@ def bare_loop(
     from system.optim import build_adamw
     from system.prototypes import uniform_prototypes
 
-    if threads:
-        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = create_clip(arch, None, image_size).train()
     preprocess = preprocess_for(model)
@@ -451,16 +460,16 @@ def bare_loop(
     gen = torch.Generator().manual_seed(seed)
     tok = tokenizer_for(arch)
     batches = []
-    for _ in range(2):  # two distinct batches, alternated: no data loading inside the timed loop
+    for _ in range(2):
         labels = torch.randint(0, num_classes, (batch,), generator=gen)  # [B]
         images = torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen, dtype=torch.uint8)
         text = tok([f"a photo of a class {int(c)}, which has a red striped shape." for c in labels])  # [B, L]
         batches.append((images, text, labels))
-    t0 = None
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        images, text, labels = batches[i % 2]
+    count = [0]
+
+    def step() -> torch.Tensor:
+        images, text, labels = batches[count[0] % 2]
+        count[0] += 1
         out = model(preprocess(images), text)
         terms = loss_fn(
             out["image_features"], out["text_features"], labels, out["logit_scale"].clamp(max=100.0)
@@ -471,13 +480,49 @@ def bare_loop(
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-    seconds = time.perf_counter() - (t0 if t0 is not None else time.perf_counter())
+        return loss
+
+    return step
+
+
+def timed_steps(step, batch: int, steps: int) -> float:
+    """samples/s of `steps` calls of `step`."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / max(time.perf_counter() - t0, 1e-9)
+
+
+def bare_loop(
+    arch: str,
+    image_size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    num_classes: int,
+    threads: int | None = None,
+    seed: int = 0,
+    fused: bool = True,
+) -> dict[str, float]:
+    """Single-process training steps on pre-decoded in-memory batches: samples/s after `warmup` steps."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    step = bare_step(arch, image_size, batch, num_classes, seed=seed, fused=fused)
+    loss = None
+    for _ in range(warmup):
+        loss = step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    seconds = time.perf_counter() - t0
     return {
         "samples_per_s": batch * steps / max(seconds, 1e-9),
         "steps": steps,
         "seconds": seconds,
         "threads": torch.get_num_threads(),
-        "loss": float(loss.detach()),
+        "loss": float(loss.detach()) if loss is not None else float("nan"),
     }
 
 
@@ -531,6 +576,59 @@ def _floor_child(argv: list[str]) -> int:
     print("[bench] floor " + Path(out).read_text(), flush=True)
     ray.shutdown()
     return 0
+
+
+def _idle_child(argv: list[str]) -> int:
+    """Child process: what idle Ray worker processes cost the bare loop on these cores. A local Ray started as
+    ours is; the loop runs in this process, phases without and with `--actors` idle actors (num_cpus=0,
+    created before and killed after each phase), in alternating order (ABBA) so the VM's drift cancels."""
+    a = _loop_args(argv, "actors", "rounds")
+    import ray
+    import torch
+
+    from system.bench_data import round_orders
+    from system.config import load_config
+    from system.ray_cluster import init_ray
+
+    torch.set_num_threads(a.threads)
+    init_ray(load_config(None, {"ray.num_cpus": 2 * a.threads}))
+
+    @ray.remote(num_cpus=0)
+    class Idle:
+        def ready(self) -> bool:
+            return True
+
+    step = bare_step(a.arch, a.image_size, a.batch, a.classes, fused=not a.unfused_adamw)
+    timed_steps(step, a.batch, a.warmup)
+    time.sleep(10)  # Ray's own start-up work (dashboard, agents) settles first
+    actors, runs = int(a.actors), {"without": [], "with": []}
+    for phase in (p for order in round_orders(int(a.rounds), ["without", "with"]) for p in order):
+        group = [Idle.remote() for _ in range(actors if phase == "with" else 0)]
+        ray.get([g.ready.remote() for g in group])
+        time.sleep(2)
+        runs[phase].append(timed_steps(step, a.batch, a.steps))
+        for g in group:
+            ray.kill(g)
+        time.sleep(2)
+        print(f"[bench] idle actors: {phase} {runs[phase][-1]:.1f} samples/s", flush=True)
+    ray.shutdown()
+    print("[bench] idle " + json.dumps(idle_actor_cost(runs["without"], runs["with"], actors)), flush=True)
+    return 0
+
+
+def idle_actor_cost(without: list[float], with_: list[float], actors: int) -> dict[str, Any]:
+    """The loop's slowdown with `actors` idle Ray actors beside it, in all and per actor (means of the runs)."""
+    base, loaded = sum(without) / len(without), sum(with_) / len(with_)
+    slowdown = 1.0 - loaded / base
+    return {
+        "actors": actors,
+        "without": round(base, 2),
+        "with": round(loaded, 2),
+        "runs_without": [round(r, 2) for r in without],
+        "runs_with": [round(r, 2) for r in with_],
+        "slowdown": round(slowdown, 4),
+        "slowdown_per_actor": round(slowdown / max(actors, 1), 4),
+    }
 
 
 def runs_summary(runs: list[float]) -> dict[str, Any]:
@@ -610,7 +708,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=2,
         help="bare-loop runs, spread over the benchmark (first and last); overhead uses their mean",
     )
-    p.add_argument("--only", choices=["ours", "peer", "bare", "floor"], action="append", help="run a subset")
+    p.add_argument(
+        "--only",
+        choices=["ours", "peer", "bare", "floor", "idle"],
+        action="append",
+        help="run a subset (idle: not in the default set; what idle Ray actors cost the bare loop)",
+    )
+    p.add_argument(
+        "--idle-actors", type=int, default=10, help="idle Ray actors beside the loop (--only idle)"
+    )
     p.add_argument("--workdir", help="keep logs and runs here (default: a temporary dir, removed)")
     p.add_argument("--verbose", action="store_true", help="echo the runs' own output")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -683,6 +789,16 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             f"{floor['samples_per_s']:.1f} samples/s, load {result['floor_detail']['load']}")  # fmt: skip
         say(f"[bench] floor's {role_line(usage)}")
 
+    if "idle" in which:
+        cmd = [sys.executable, "-m", "system.bench_train", "_idle", *loop_args,
+               "--actors", str(a.idle_actors), "--rounds", str(2 * a.bare_repeats)]  # fmt: skip
+        usage = run_tree(cmd, base_env(n), cpus, work / "idle.log", a.verbose)
+        idle = _last_json((work / "idle.log").read_text(), "[bench] idle ")
+        result["idle_actor_cost"] = {**idle, **usage, "load": load_average()}
+        say(f"[bench] the bare loop beside a local Ray: {idle['without']:.1f} samples/s alone, {idle['with']:.1f} "
+            f"with {idle['actors']} idle Ray actors: {100 * idle['slowdown']:.1f}% slower, "
+            f"{100 * idle['slowdown_per_actor']:.2f}% per actor")  # fmt: skip
+
     if "peer" in which:
         python = ensure_peer_env(log=say)
         run = PeerRun(
@@ -744,7 +860,8 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             say(
                 f"[bench] ours' cores by role over the measured epochs ({steady['seconds']} s): "
                 + ", ".join(f"{k} {v:.2f}" for k, v in steady["cores"].items())
-                + f"; total {steady['total']:.2f}"
+                + f"; total {steady['total']:.2f}; Ray worker processes beside the Train worker(s): "
+                + f"{steady.get('ray_processes')}"
             )
 
     while "bare" in which and len(bare_runs) < a.bare_repeats:
@@ -785,6 +902,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bare_child(argv[1:])
     if argv and argv[0] == "_floor":
         return _floor_child(argv[1:])
+    if argv and argv[0] == "_idle":
+        return _idle_child(argv[1:])
     a = parse_args(argv)
     result = benchmark(a, say=(lambda *_a, **_k: None) if a.json else (lambda s: print(s, flush=True)))
     print(json.dumps(result, default=float))

@@ -170,6 +170,8 @@ class RaySection:
         4, lo=1
     )  # logical CPUs of a local Ray (more than cores avoids the 2-core hang)
     no_progress_timeout_s: int = knob(600, lo=10)  # Ray Data fails instead of hanging when starved
+    # a local Ray ends task workers idle this long (each wakes 100 times/s and slows training threads ~1%)
+    idle_worker_ttl_s: int = knob(10, lo=1)
     # Train/Tune storage; defaults to <run dir>/ray (use shared storage on clusters)
     storage_path: str | None = None
     data_progress_bars: bool = (

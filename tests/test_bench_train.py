@@ -156,6 +156,28 @@ def test_runs_summary_is_the_mean_with_its_spread():
         runs_summary([])
 
 
+def test_idle_actor_cost_is_the_slowdown_of_the_means_in_all_and_per_actor():
+    from system.bench_train import idle_actor_cost, parse_args
+
+    r = idle_actor_cost([800.0, 700.0], [660.0, 690.0], actors=10)
+    assert r["without"] == 750.0 and r["with"] == 675.0
+    assert r["slowdown"] == pytest.approx(0.1) and r["slowdown_per_actor"] == pytest.approx(0.01)
+    assert r["runs_with"] == [660.0, 690.0]
+    # a loop that ran faster with the actors shows as a negative slowdown, not as zero
+    assert idle_actor_cost([500.0], [550.0], actors=4)["slowdown"] == pytest.approx(-0.1)
+    a = parse_args(["--only", "idle", "--idle-actors", "6"])
+    assert a.only == ["idle"] and a.idle_actors == 6
+
+
+def test_bare_step_alternates_two_batches_and_trains():
+    from system.bench_train import bare_step
+
+    step = bare_step("uniproto-tiny-rn", 32, 8, 5, seed=0)
+    losses = [float(step().detach()) for _ in range(6)]
+    assert all(x == x and x > 0 for x in losses)  # finite and positive
+    assert losses[4] < losses[0] and losses[5] < losses[1]  # each batch's loss falls as the model trains
+
+
 def test_benchmark_args_pass_our_overrides_and_refuse_zero_bare_runs():
     from system.bench_train import parse_args
 
@@ -282,21 +304,29 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
     assert out["cpu_s"] == pytest.approx(7.2, abs=0.06) and out["peak_rss_mb"] == 3.0
     assert sum(out["cpu_s_by_role"].values()) == pytest.approx(out["cpu_s"], abs=0.2)
     assert bench_train.role_line(out).startswith("CPU-s by role: data 5.0 (68%), driver 1.5 (21%)")
+    assert [sample[2] for sample in mon.timeline] == [2, 2, 2]  # the two ray:: workers, never the driver
+    titles[2] = ["ray::RayTrainWorker.__init__"]
+    mon._sample()
+    assert mon.timeline[-1][2] == 1  # a Train worker is not counted beside itself
 
 
 def test_cores_by_role_over_a_window():
     from system.bench_train import cores_by_role
 
     timeline = [
-        (10.0, {"driver": 1.0}),
-        (11.0, {"driver": 1.5, "train_worker": 0.5}),  # first sample inside [10.5, 14.5]
-        (13.0, {"driver": 1.6, "train_worker": 3.5, "data": 0.6}),
-        (14.0, {"driver": 1.7, "train_worker": 5.0, "data": 1.0}),  # last sample inside
-        (15.0, {"driver": 9.0, "train_worker": 9.0, "data": 9.0}),
+        (10.0, {"driver": 1.0}, 3),
+        (11.0, {"driver": 1.5, "train_worker": 0.5}, 12),  # first sample inside [10.5, 14.5]
+        (13.0, {"driver": 1.6, "train_worker": 3.5, "data": 0.6}, 11),
+        (14.0, {"driver": 1.7, "train_worker": 5.0, "data": 1.0}, 10),  # last sample inside
+        (15.0, {"driver": 9.0, "train_worker": 9.0, "data": 9.0}, 2),
     ]
     out = cores_by_role(timeline, 10.5, 14.5)
     assert out["seconds"] == 3.0
     assert out["cores"] == {"train_worker": 1.5, "data": pytest.approx(1 / 3, abs=1e-3), "driver": 0.067}
     assert list(out["cores"]) == ["train_worker", "data", "driver"]  # largest first
     assert out["total"] == pytest.approx(1.5 + 1 / 3 + 0.2 / 3, abs=2e-3)
+    # Ray worker processes beside the Train worker: the mean over the samples inside
+    assert out["ray_processes"] == 11.0
     assert cores_by_role(timeline, 10.5, 11.5) is None  # one sample inside: no window
+    untallied = [(t, r) for t, r, _ in timeline]  # samples without a process count: none reported
+    assert "ray_processes" not in cores_by_role(untallied, 10.5, 14.5)
