@@ -330,3 +330,26 @@ def test_cores_by_role_over_a_window():
     assert cores_by_role(timeline, 10.5, 11.5) is None  # one sample inside: no window
     untallied = [(t, r) for t, r, _ in timeline]  # samples without a process count: none reported
     assert "ray_processes" not in cores_by_role(untallied, 10.5, 14.5)
+
+
+@pytest.mark.timeout(240)
+def test_idle_child_runs_the_loop_without_and_with_idle_actors():
+    """The `--only idle` child for real (a local Ray, real actors), at a size that only checks the path."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "system.bench_train", "_idle", "--arch", "uniproto-tiny-rn", "--image-size", "32",
+           "--batch", "8", "--steps", "2", "--warmup", "1", "--classes", "5", "--threads", "1",
+           "--actors", "2", "--rounds", "2"]  # fmt: skip
+    r = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=230)
+    assert r.returncode == 0, r.stderr[-3000:]
+    phases = [s.split()[3] for s in r.stdout.splitlines() if s.startswith("[bench] idle actors: ")]
+    assert phases == ["without", "with", "with", "without"]  # ABBA
+    line = next(s for s in r.stdout.splitlines() if s.startswith("[bench] idle {"))
+    out = json.loads(line[len("[bench] idle ") :])
+    assert out["actors"] == 2 and len(out["runs_without"]) == 2 and len(out["runs_with"]) == 2
+    assert out["without"] > 0 and out["with"] > 0
+    assert out["slowdown"] == pytest.approx(1 - out["with"] / out["without"], abs=1e-3)
