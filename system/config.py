@@ -52,13 +52,7 @@ class DataSection:
     text_scorer_centroids: str | None = None
     attribute_prompts: bool = True  # add "a photo of a {name}, which has {attribute}." prompts
     caption_prob: float = knob(0.5, lo=0.0, hi=1.0)  # chance a row keeps its own (relevant) caption
-    # Where the text-filter stage runs. "fused": in the read+decode task itself (one task per shard does read,
-    # decode and pairing; the pairer is built once per worker process), so there is no actor process and the
-    # decoded images make no extra trip through the object store. "actors": an actor pool of `filter_actors`
-    # actors (`filter_actor_cpus` each) after the decode tasks. "auto": actors for a scorer that loads a model
-    # (minilm, clip_text, retrieval: one copy per actor, not one per worker process), fused otherwise.
-    text_stage: Literal["auto", "fused", "actors"] = "auto"
-    filter_actors: int = knob(1, lo=1)  # actor-pool size of the text-filter stage (text_stage actors)
+    filter_actors: int = knob(1, lo=1)  # actor-pool size of the text-filter stage
     # rows per block the tar reader yields = rows per decode batch (read and decode run fused in one task), and
     # rows per text-pairing batch
     decode_batch_size: int = knob(128, lo=1)

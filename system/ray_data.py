@@ -1,4 +1,4 @@
-"""Ray Data plane: WebDataset shards -> decode/resize/resample -> text filter + tokenizer -> tokenized batches.
+"""Ray Data plane: WebDataset shards -> decode/resize/resample -> text-filter actor pool -> tokenized batches.
 
 Raw bytes are read by our tolerant tar reader (system.ray_reader: one task per shard, bad samples and bad shards
 counted and skipped, local paths or object-store URLs) and decoded in `map_batches` with our own error handling:
@@ -20,7 +20,7 @@ from system.data.augment import Augment
 from system.data.dataset_dir import Manifest
 from system.data.decode import resample_factors
 from system.ray_reader import decode_and_record, read_shards
-from system.text.pairing import TextPairer, pair_text, pairer_key, text_stage
+from system.text.pairing import TextPairer
 from system.text.scorers import scorer_options
 
 
@@ -164,32 +164,19 @@ def train_dataset(
 def with_text_pairing(
     cfg: Config, manifest: Manifest, ds: ray.data.Dataset, pools: dict[int, list[str]]
 ) -> ray.data.Dataset:
-    """The text-filter stage: each decoded row paired with filtered class text, tokenized. Where it runs is
-    `data.text_stage` (system.text.pairing.text_stage): fused into the read+decode tasks, or an actor pool."""
-    pairer_kwargs = {
-        "pools": pools,
-        "class_names": manifest.class_names,
-        "arch": cfg.model.arch,
-        "scorer": cfg.data.text_scorer,
-        "scorer_options": scorer_options(cfg),  # model scorers' paths and arch
-        "threshold": cfg.data.filter_threshold,
-        "caption_prob": cfg.data.caption_prob,
-        "seed": cfg.run.seed,
-    }
-    if text_stage(cfg.data.text_stage, cfg.data.text_scorer) == "fused":
-        # Same resources and no batch size, so Ray fuses it into the read+decode task (one task per shard reads,
-        # decodes and pairs): no actor process beside the training (each Ray worker process, idle or not, costs
-        # a small node's training threads about 1%) and no extra trip of the images through the object store.
-        return ds.map_batches(
-            pair_text,
-            fn_kwargs={"key": pairer_key(pairer_kwargs), **pairer_kwargs},
-            batch_size=None,
-            batch_format="numpy",
-            num_cpus=cfg.data.decode_cpus,
-        )
+    """The text-filter stage: an actor pool pairing each decoded row with filtered class text, tokenized."""
     return ds.map_batches(
         TextPairer,
-        fn_constructor_kwargs=pairer_kwargs,
+        fn_constructor_kwargs={
+            "pools": pools,
+            "class_names": manifest.class_names,
+            "arch": cfg.model.arch,
+            "scorer": cfg.data.text_scorer,
+            "scorer_options": scorer_options(cfg),  # model scorers' paths and arch
+            "threshold": cfg.data.filter_threshold,
+            "caption_prob": cfg.data.caption_prob,
+            "seed": cfg.run.seed,
+        },
         compute=ActorPoolStrategy(size=cfg.data.filter_actors),
         batch_size=cfg.data.decode_batch_size,
         batch_format="numpy",

@@ -74,34 +74,3 @@ def test_cached_pool_tokens_equal_tokenizing_the_chosen_text():
     assert set(pairer._pool_tokens) == {0, 1}
     empty = pairer({k: v[:0] for k, v in batch.items()})["text"]
     assert empty.shape[0] == 0
-
-
-def test_fused_pair_text_builds_one_pairer_per_key_and_matches_the_actor():
-    import system.text.pairing as pairing
-
-    kwargs = {"pools": POOLS, "class_names": ["red circle", "blue square"], "arch": "uniproto-tiny-rn",
-              "caption_prob": 0.5, "seed": 0}  # fmt: skip
-    key = pairing.pairer_key(kwargs)
-    assert key == pairing.pairer_key(dict(kwargs))  # same arguments, same key
-    assert key != pairing.pairer_key({**kwargs, "caption_prob": 0.25})
-    pairing._PAIRERS.clear()
-    batch = _batch(12, range(500, 512))
-    out = pairing.pair_text(batch, key=key, **kwargs)
-    built = pairing._PAIRERS[key]
-    pairing.pair_text(batch, key=key, **kwargs)
-    assert pairing._PAIRERS[key] is built and len(pairing._PAIRERS) == 1  # reused, not rebuilt
-    assert np.array_equal(out["text"], _pairer(seed=0)(batch)["text"])
-    for i in range(pairing._MAX_PAIRERS + 1):  # a bounded cache: the oldest keys go first
-        pairing.pair_text(batch, key=f"k{i}", **kwargs)
-    assert key not in pairing._PAIRERS and len(pairing._PAIRERS) == pairing._MAX_PAIRERS
-    pairing._PAIRERS.clear()
-
-
-def test_text_stage_auto_uses_actors_only_for_model_scorers():
-    from system.text.filter import SCORERS
-    from system.text.pairing import text_stage
-
-    assert text_stage("auto", "lexical") == "fused"
-    for name in ("minilm", "clip_text", "retrieval"):
-        assert SCORERS[name].loads_model and text_stage("auto", name) == "actors"
-    assert text_stage("actors", "lexical") == "actors" and text_stage("fused", "minilm") == "fused"

@@ -1,16 +1,12 @@
 """Text stage of the data plane: pair each image with clean class text and tokenize it.
 
-Runs inside the read+decode tasks (`pair_text`: the pairer is built once per worker process and kept) or as a
-Ray Data actor-pool UDF (`TextPairer`: built once per actor), see `text_stage`. Each row keeps its own
+Runs as a Ray Data actor-pool UDF (the scorer and tokenizer are built once per actor). Each row keeps its own
 caption with probability `caption_prob` when the relevance scorer accepts it; otherwise, or when the caption is
 irrelevant web boilerplate, it gets a sentence sampled from its class's filtered, attribute-enhanced pool.
 """
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -87,37 +83,3 @@ class TextPairer:
             if not isinstance(p, str):
                 tokens[i] = self.pool_tokens(y)[p]
         return {"image": batch["image"], "label": batch["label"], "text": tokens}  # text: [N, L]
-
-
-def text_stage(stage: str, scorer: str) -> str:
-    """Where the text stage runs ("fused" or "actors") for `data.text_stage` and `data.text_scorer`: "auto"
-    picks actors only for a scorer that loads a model (one copy per actor instead of per worker process)."""
-    if stage != "auto":
-        return stage
-    from system.text.filter import SCORERS
-
-    return "actors" if SCORERS[scorer].loads_model else "fused"
-
-
-# The pairers this worker process has built, by `pairer_key`: a task worker runs many read+decode tasks in turn
-# (and a sweep's trials share workers), and building one costs the scorer, the tokenizer and the pools' tokens.
-_PAIRERS: OrderedDict[str, TextPairer] = OrderedDict()
-_MAX_PAIRERS = 4
-
-
-def pairer_key(pairer_kwargs: dict[str, Any]) -> str:
-    """A digest of a TextPairer's arguments: the same pools, scorer and seed give the same key in any process."""
-    return hashlib.sha256(pickle.dumps(pairer_kwargs, protocol=5)).hexdigest()[:24]
-
-
-def pair_text(batch: dict[str, np.ndarray], *, key: str, **pairer_kwargs: Any) -> dict[str, np.ndarray]:
-    """Task UDF of the fused text stage: `TextPairer(**pairer_kwargs)(batch)`, with the pairer built on this
-    process's first batch under `key` (from `pairer_key`) and reused after (the last few keys are kept)."""
-    pairer = _PAIRERS.get(key)
-    if pairer is None:
-        pairer = _PAIRERS[key] = TextPairer(**pairer_kwargs)
-        while len(_PAIRERS) > _MAX_PAIRERS:
-            _PAIRERS.popitem(last=False)
-    else:
-        _PAIRERS.move_to_end(key)
-    return pairer(batch)

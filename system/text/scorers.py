@@ -52,10 +52,6 @@ def scorer_options(cfg: Config, name: str | None = None) -> dict[str, Any]:
 class RelevanceScorer:
     """Base class: subclasses take the class names first and implement `score` (or `score_many`)."""
 
-    # Whether building the scorer loads a model: the data plane then runs the text stage in an actor pool (built
-    # once per actor) instead of inside every read+decode task's worker process (data.text_stage=auto).
-    loads_model: bool = False
-
     def __init__(self, class_names: list[str]) -> None:
         self.class_names = list(class_names)
 
@@ -75,8 +71,6 @@ class RelevanceScorer:
 class BatchScorer(RelevanceScorer):
     """A scorer that embeds sentences in batches: subclasses implement `score_batch` (label already checked,
     at least one sentence); `score` is a batch of one."""
-
-    loads_model = True
 
     def score_batch(self, sentences: list[str], label: int) -> np.ndarray:
         raise NotImplementedError
