@@ -28,13 +28,17 @@ process tree confined to the same N cores (CPU affinity):
   speed drifts by 10-20% within minutes, so one run before the others can misstate the overhead either way.
 * **floor**: the same bare loop as the train function of a one-worker Ray Train run on a local Ray started as
   ours is (no Ray Data, no DeepSpeed). Its gap to bare (`floor_overhead`) is what Ray Train's own processes
-  cost on these cores (the main thread of every Ray actor wakes every 10 ms, and ours runs about a dozen
-  actors beside the Train worker, plus raylet, gcs, the dashboard and its agent), a floor
+  cost on these cores (the main thread of every Ray actor wakes every 10 ms, and ours runs seven to ten
+  Ray worker processes beside the Train worker, plus raylet, gcs, the dashboard and its agent), a floor
   under `overhead` that no change inside our training loop can remove.
 * **idle** (`--only idle`, not in the default set): the bare loop in one process beside a local Ray started as
   ours is, in phases without and with `--idle-actors` idle actors, alternating: what each Ray worker process
   costs the loop (every one wakes its main thread 100 times a second, busy or not). Ours' measured epochs also
   report how many such processes lived beside the Train worker (`steady_cores_by_role.ray_processes`).
+
+**A/B** (`--ab KEY=VALUE`, repeatable, with `--ab-rounds`): ours as configured (A) and with those overrides (B),
+one run of each per round, adjacent, the order alternating (A B, B A, ...); `ab` in the JSON has B/A of the means
+and each round's own B/A (this VM's drift between two single runs is 10-20%, so only rounds that agree count).
 
 Throughput is steady state: samples over summed step time in the epochs after the first (ours: the per-epoch
 `samples` / `epoch_s` of the Train reports, which exclude the between-epoch checkpoint; peer: its per-step log
@@ -631,6 +635,28 @@ def idle_actor_cost(without: list[float], with_: list[float], actors: int) -> di
     }
 
 
+def ab_summary(a_runs: list[float], b_runs: list[float]) -> dict[str, Any]:
+    """An A/B of ours (`--ab`): the means of each side's samples/s, B/A of the means, and each round's own B/A
+    (round i: a_runs[i] and b_runs[i], run next to each other). Rounds whose ratios straddle 1.0 say the
+    difference is inside this machine's drift."""
+    if not a_runs or len(a_runs) != len(b_runs):
+        raise ValueError(
+            f"A/B needs the same number of runs on both sides, got {len(a_runs)} and {len(b_runs)}"
+        )
+    a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
+    rounds = [round(y / x, 4) for x, y in zip(a_runs, b_runs, strict=True)]
+    return {
+        "a": a,
+        "b": b,
+        "ratio": round(b / a, 4),
+        "round_ratios": rounds,
+        "a_runs": list(a_runs),
+        "b_runs": list(b_runs),
+        # every round moved the same way: the only sign a difference is larger than the drift
+        "all_rounds_agree": all(r > 1 for r in rounds) or all(r < 1 for r in rounds),
+    }
+
+
 def runs_summary(runs: list[float]) -> dict[str, Any]:
     """One figure from several runs spread over a benchmark (the bare loop's first and last runs; each side of
     `benchmark data` over its rounds): mean and spread ((max - min) / mean), so a machine that speeds up or slows
@@ -717,6 +743,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--idle-actors", type=int, default=10, help="idle Ray actors beside the loop (--only idle)"
     )
+    p.add_argument(
+        "--ab",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="A/B of ours: run it as configured (A) and with these overrides (B, repeatable), --ab-rounds "
+        "times each, adjacent and in alternating order; prints B/A of the means and of every round",
+    )
+    p.add_argument("--ab-rounds", type=int, default=2, help="A/B rounds (one A and one B run each)")
     p.add_argument("--workdir", help="keep logs and runs here (default: a temporary dir, removed)")
     p.add_argument("--verbose", action="store_true", help="echo the runs' own output")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -725,6 +760,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--epochs must be >= 2 (the first epoch is warm-up)")
     if a.bare_repeats < 1:
         p.error("--bare-repeats must be >= 1")
+    if a.ab_rounds < 1:
+        p.error("--ab-rounds must be >= 1")
+    for kv in a.ab:
+        if "=" not in kv or not kv.split("=", 1)[0]:
+            p.error(f"--ab {kv!r}: expected KEY=VALUE (a config override, as --set takes)")
+    from system.config import ConfigError, load_config
+
+    try:  # a bad override is refused now, not minutes later inside the first run
+        load_config(None, [*a.sets, *a.ab])
+    except ConfigError as e:
+        p.error(f"--set/--ab: {e}")
     return a
 
 
@@ -825,17 +871,19 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             f"data-wait {100 * peer['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS "
             f"{usage['peak_rss_mb']} MB, wall {usage['wall_s']} s, load {result['peer_detail']['load']}")  # fmt: skip
 
-    if "ours" in which:
-        record = work / "ours-reports.jsonl"
+    def run_ours(extra: list[str], tag: str = "") -> dict[str, Any]:
+        """One run of ours with the benchmark's overrides, then --set, then `extra`; its figures and usage."""
+        name = f"ours{tag}"
+        record = work / f"{name}-reports.jsonl"
         record.unlink(missing_ok=True)
         sets = ours_overrides(
-            root, work / "ours", a.arch, a.image_size, a.batch, a.workers, a.epochs, n,
+            root, work / name, a.arch, a.image_size, a.batch, a.workers, a.epochs, n,
             zero_stage=a.zero_stage, fused=not a.unfused_adamw,
         )  # fmt: skip
-        sets += [x for kv in a.sets for x in ("--set", kv)]
+        sets += [x for kv in [*a.sets, *extra] for x in ("--set", kv)]
         cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), *sets]
         timeline: list = []
-        usage = run_tree(cmd, base_env(None), cpus, work / "ours.log", a.verbose, timeline)
+        usage = run_tree(cmd, base_env(None), cpus, work / f"{name}.log", a.verbose, timeline)
         reports = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
         ours = ours_throughput(reports, skip_epochs=1)
         # Where the cores went while the measured epochs ran (from the end of epoch 1 to the last report).
@@ -845,15 +893,19 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
                 timeline, epochs[0]["recorded_at"], epochs[-1]["recorded_at"]
             )
         ours["steps"] = int(ours["samples"]) // a.batch
-        result["ours"] = round(ours["samples_per_s"], 2)
-        result["ours_detail"] = {**ours, **usage, "train_workers": a.workers, "ray_logical_cpus": 2 * n,
-                                 "load": load_average()}  # fmt: skip
+        detail = {
+            **ours,
+            **usage,
+            "train_workers": a.workers,
+            "ray_logical_cpus": 2 * n,
+            "load": load_average(),
+        }
         adamw = "for-loop" if a.unfused_adamw else "fused"
-        say(f"[bench] ours (Ray Data + text filter -> Ray Train x{a.workers} + DeepSpeed ZeRO-{a.zero_stage}, "
-            f"{adamw} AdamW, proto loss): "
+        say(f"[bench] ours{' ' + ' '.join(extra) if extra else ''} (Ray Data + text filter -> Ray Train "
+            f"x{a.workers} + DeepSpeed ZeRO-{a.zero_stage}, {adamw} AdamW, proto loss): "
             f"{ours['samples_per_s']:.1f} samples/s ({ours['epochs']} epochs, data-wait "
             f"{100 * ours['data_wait_fraction']:.0f}%), {usage['cpu_s']} CPU-s, peak RSS {usage['peak_rss_mb']} MB, "
-            f"wall {usage['wall_s']} s, load {result['ours_detail']['load']}")  # fmt: skip
+            f"wall {usage['wall_s']} s, load {detail['load']}")  # fmt: skip
         say(f"[bench] ours' {role_line(usage)}")
         steady = usage.get("steady_cores_by_role")
         if steady:
@@ -863,6 +915,26 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
                 + f"; total {steady['total']:.2f}; Ray worker processes beside the Train worker(s): "
                 + f"{steady.get('ray_processes')}"
             )
+        return detail
+
+    if "ours" in which and not a.ab:
+        detail = run_ours([])
+        result["ours"] = round(detail["samples_per_s"], 2)
+        result["ours_detail"] = detail
+    elif "ours" in which:
+        # A/B: ours as configured (A) and with the --ab overrides (B), adjacent in every round, the order
+        # alternating (A B, B A, ...) so that the VM's drift favours neither side.
+        runs: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+        for r in range(a.ab_rounds):
+            for side in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                runs[side].append(run_ours(list(a.ab) if side == "b" else [], tag=f"-{side}{r}"))
+        ab = ab_summary([d["samples_per_s"] for d in runs["a"]], [d["samples_per_s"] for d in runs["b"]])
+        result["ab"] = {**ab, "sets": list(a.ab), "a_detail": runs["a"], "b_detail": runs["b"]}
+        result["ours"] = round(ab["a"], 2)
+        result["ours_detail"] = runs["a"][-1]
+        per_round = ", ".join(f"{x:.3f}" for x in ab["round_ratios"])
+        say(f"[bench] A/B over {a.ab_rounds} rounds: ours {ab['a']:.1f}, with {' '.join(a.ab)} {ab['b']:.1f} "
+            f"samples/s (B/A {ab['ratio']:.3f}; per round {per_round})")  # fmt: skip
 
     while "bare" in which and len(bare_runs) < a.bare_repeats:
         run_bare()  # after ours: the mean brackets the other runs in time
