@@ -762,6 +762,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--bare-repeats must be >= 1")
     if a.ab_rounds < 1:
         p.error("--ab-rounds must be >= 1")
+    if a.ab and a.only and "ours" not in a.only:
+        p.error("--ab compares runs of ours: add --only ours")
     for kv in a.ab:
         if "=" not in kv or not kv.split("=", 1)[0]:
             p.error(f"--ab {kv!r}: expected KEY=VALUE (a config override, as --set takes)")

@@ -377,6 +377,7 @@ def test_ab_args_are_checked_before_any_run(capsys):
         (["--ab", "data.shufle_buffer=0"], "data.shufle_buffer"),  # unknown key, named
         (["--set", "data.shuffle_buffer=x"], "data.shuffle_buffer"),  # wrong type, named
         (["--ab-rounds", "0"], "--ab-rounds"),
+        (["--only", "peer", "--ab", "data.shuffle_buffer=0"], "--only ours"),  # nothing to compare
     ]
     for bad, says in refused:
         with pytest.raises(SystemExit):
