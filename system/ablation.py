@@ -40,7 +40,13 @@ class Variant:
 ARMS: dict[str, Arm] = {
     "baseline": Arm(
         "plain cross-entropy on images (cosine softmax, learnable class weights), no text",
-        {"loss.ce_weight": 1.0, "loss.contrastive_weight": 0.0, "loss.proto_weight": 0.0, **NO_TEXT_FILTER},
+        {
+            "loss.ce_weight": 1.0,
+            "loss.contrastive_weight": 0.0,
+            "loss.proto_weight": 0.0,
+            "loss.distill_weight": 0.0,  # text-free: no image-text logits of a teacher either
+            **NO_TEXT_FILTER,
+        },
     ),
     "contrastive": Arm(
         "class-wise image-text contrastive pretraining (VL-LTR-like), unfiltered text",
@@ -56,7 +62,12 @@ ARMS: dict[str, Arm] = {
     ),
     "no_text": Arm(
         "control: the prototype loss on images alone (no contrastive, no text term)",
-        {"loss.ce_weight": 0.0, "loss.contrastive_weight": 0.0, "loss.proto_modalities": "image"},
+        {
+            "loss.ce_weight": 0.0,
+            "loss.contrastive_weight": 0.0,
+            "loss.distill_weight": 0.0,  # text-free: no image-text logits of a teacher either
+            "loss.proto_modalities": "image",
+        },
     ),
 }
 VARIANTS: dict[str, Variant] = {

@@ -443,24 +443,33 @@ def bare_step(
     weight_decay: float = 0.05,
     grad_clip: float = 1.0,
     fused: bool = True,
+    precision: str = "fp32",
+    device: str = "cpu",
+    wrap=None,
 ):
-    """One training step of the bare loop as a function (returns the loss tensor): the same model, loss and
-    AdamW as ours, on two pre-decoded in-memory batches taken in turn (no data loading inside the step)."""
+    """One training step of the bare loop as a function (returns the loss tensor): the same model, loss, step
+    (`Stage1Step`, logit-scale clamp included) and AdamW as ours, on two pre-decoded in-memory batches taken in
+    turn (no data loading inside the step). `wrap(model, optimizer)`, when given, returns a DeepSpeed engine that
+    then runs the forward, backward, clipping and step (system.bench_gpu)."""
     import torch
 
     from system.class_prototypes import arch_embed_dim
-    from system.config import OptimSection
-    from system.losses import Stage1Loss, total_loss
+    from system.config import LossSection, OptimSection
+    from system.losses import Stage1Loss
     from system.models import create_clip, preprocess_for, tokenizer_for
     from system.optim import build_adamw
     from system.prototypes import uniform_prototypes
+    from system.stage1_step import Stage1Step, clamp_logit_scale_, configure_device_math
 
     torch.manual_seed(seed)
-    model = create_clip(arch, None, image_size).train()
-    preprocess = preprocess_for(model)
+    configure_device_math(device)
+    model = create_clip(arch, None, image_size).to(device).train()
     protos = uniform_prototypes(num_classes, arch_embed_dim(arch), seed=seed)  # [K, d]
-    loss_fn = Stage1Loss(protos)
+    loss_fn = Stage1Loss(protos, local_loss=LossSection().local_loss).to(device)
     opt = build_adamw(model, OptimSection(lr=lr, weight_decay=weight_decay, fused=fused))
+    engine = wrap(model, opt) if wrap is not None else None
+    runner = model if engine is None else engine  # what runs the forward
+    step_fn = Stage1Step(runner, model, loss_fn, preprocess_for(model), precision)
     gen = torch.Generator().manual_seed(seed)
     tok = tokenizer_for(arch)
     batches = []
@@ -468,22 +477,23 @@ def bare_step(
         labels = torch.randint(0, num_classes, (batch,), generator=gen)  # [B]
         images = torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen, dtype=torch.uint8)
         text = tok([f"a photo of a class {int(c)}, which has a red striped shape." for c in labels])  # [B, L]
-        batches.append((images, text, labels))
+        batches.append(tuple(t.to(device) for t in (images, text, labels)))
     count = [0]
 
     def step() -> torch.Tensor:
         images, text, labels = batches[count[0] % 2]
         count[0] += 1
-        out = model(preprocess(images), text)
-        terms = loss_fn(
-            out["image_features"], out["text_features"], labels, out["logit_scale"].clamp(max=100.0)
-        )
-        loss = total_loss(terms)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        loss = step_fn(images, text, labels).loss
+        if engine is not None:  # the engine clips (its config's gradient_clipping) and steps
+            engine.backward(loss)
+            engine.step()
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+        clamp_logit_scale_(model)
         return loss
 
     return step

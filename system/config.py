@@ -8,6 +8,7 @@ instead of on a worker after the cluster has spun up.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -89,12 +90,17 @@ class ModelSection:
 
 @dataclass
 class LossSection:
-    contrastive_weight: float = knob(1.0, lo=0.0)  # (1 - beta) in METHOD.md
-    distill_weight: float = knob(0.0, lo=0.0)  # beta; needs model.pretrained (the frozen teacher)
+    # weight of the class-wise contrastive term; with distillation it is further multiplied by (1 - beta)
+    contrastive_weight: float = knob(1.0, lo=0.0)
+    # beta of (1 - beta) L_con + beta L_distill; needs model.pretrained (the frozen teacher)
+    distill_weight: float = knob(0.0, lo=0.0, hi=1.0)
     proto_weight: float = knob(1.0, lo=0.0)  # lambda_p
     proto_temperature: float = knob(0.1, gt=0.0, hi=10.0)  # tau_p
     label_smoothing: float = knob(0.1, lo=0.0, hi=0.99)
-    local_loss: bool = False  # rows = local batch, columns = global batch (memory local x global)
+    # rows = the local batch, columns = the global batch: logits and targets take local x global memory per rank
+    # instead of global x global, and the mean over ranks is the same loss with the same gradient
+    local_loss: bool = True
+    # all-gather features with gradients (exact data-parallel gradient); false is refused with several workers
     gather_with_grad: bool = True
     prototype_assign: Literal["random", "text"] = "random"
     # the text side of the prototype loss; "image" (with contrastive_weight 0) is the ablation's no-text control
@@ -123,7 +129,21 @@ class TrainSection:
     micro_batch_size: int = knob(64, lo=2)  # per worker; global batch = micro x accum x workers
     grad_accum: int = knob(1, lo=1)
     zero_stage: int = knob(0, lo=0, hi=3)
-    precision: Literal["fp32", "bf16"] = "fp32"  # fp16 is never used on CPU
+    # bf16: torch autocast over fp32 master weights (matmuls and convolutions in bf16, losses in fp32), on GPU or
+    # CPU alike; fp16 is not offered (loss scaling, and no gain over bf16 on the GPUs this targets)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # recompute the encoders' transformer blocks in backward (open_clip's set_grad_checkpointing): less
+    # activation memory for about a third more compute
+    grad_checkpointing: bool = False
+    compile: bool = (
+        False  # torch.compile the model (DeepSpeed's engine.compile); the first steps pay the compile
+    )
+    # inductor generates fused kernels (the speed-up); aot_eager traces forward and backward without generating
+    # code (seconds instead of minutes to compile: checks that a model compiles)
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    # ZeRO-3 keeps parameters smaller than this many elements whole on every rank (DeepSpeed's
+    # stage3_param_persistence_threshold; None: DeepSpeed's default, 1e5). 0 partitions every parameter.
+    zero3_persistence_threshold: int | None = knob(None, lo=0)
     checkpoint_every_epochs: int = knob(1, lo=1)
     # also checkpoint every N optimizer steps inside an epoch (None: epoch ends only); a lost worker then costs
     # at most N steps
@@ -304,6 +324,8 @@ def validate(cfg: Any, prefix: str = "") -> None:
             continue
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        if not math.isfinite(value):  # NaN compares false with every bound, so it would pass them all
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         lo, hi, gt = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("gt")
         if lo is not None and value < lo:
             raise ConfigError(f"{key}: must be >= {lo}, got {value!r}")
@@ -337,9 +359,17 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError(
             "loss: every loss weight is zero (contrastive, proto, ce, distill); nothing to train"
         )
-    if cfg.train.precision == "bf16" and not cfg.train.use_gpu:
-        # bf16 autocast works on CPU, but DeepSpeed's bf16 optimizer path is only tested on GPU here.
-        raise ConfigError("train.precision: bf16 needs train.use_gpu=true; use fp32 on CPU")
+    if not cfg.loss.gather_with_grad and cfg.train.num_workers > 1:
+        # Without gradients through the all-gather each rank differentiates only its own rows: the global loss
+        # then gets 1/W of its true contrastive gradient, the local loss a wrong direction
+        # (tests/test_grad_equivalence.py).
+        raise ConfigError(
+            "loss.gather_with_grad: false gives an inexact gradient with several workers (1/W of the "
+            "contrastive gradient in global mode, a wrong direction in local mode); keep it true"
+        )
+    if cfg.train.compile and cfg.train.zero_stage == 3:
+        # ZeRO-3 fetches and releases partitioned parameters in module hooks that a compiled graph bypasses.
+        raise ConfigError("train.compile: not supported with train.zero_stage=3 (use ZeRO stage 0-2)")
     if cfg.eval.select_split == cfg.eval.report_split:
         raise ConfigError(
             "eval.select_split: must differ from eval.report_split (never select on the test set)"

@@ -24,11 +24,14 @@ def deepspeed_config(train: TrainSection, optim: OptimSection) -> dict[str, Any]
     }
     if optim.grad_clip > 0:
         cfg["gradient_clipping"] = optim.grad_clip
-    if train.precision == "bf16":
-        cfg["bf16"] = {"enabled": True}
+    # No "bf16" block: train.precision=bf16 is torch autocast in the step (system.stage1_step), so parameters,
+    # gradients, their all-reduce and the optimizer stay fp32 (DeepSpeed's bf16 mode would cast the module's
+    # weights to bf16 while our inputs and prototype buffers are fp32).
     if train.zero_stage == 3:
         # Lets rank 0 write a consolidated state dict for stage 2 without a separate conversion step.
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+        if train.zero3_persistence_threshold is not None:
+            cfg["zero_optimization"]["stage3_param_persistence_threshold"] = train.zero3_persistence_threshold
     return cfg
 
 

@@ -32,16 +32,30 @@ def list_architectures() -> list[str]:
 
 @dataclass
 class Preprocess:
-    """Normalisation applied on the worker to uint8 NHWC batches from the data plane."""
+    """Normalisation applied on the worker to uint8 NHWC batches from the data plane.
+
+    The mean/std tensors are built once per device (not on every call: a host-to-device copy each step)."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def __post_init__(self) -> None:
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._constants:
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(
+                1, 3, 1, 1
+            )  # [1, 3, 1, 1]
+            std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)  # [1, 3, 1, 1]
+            # (x / 255 - mean) / std as one multiply-add: x * scale + shift
+            self._constants[device] = (1.0 / (255.0 * std), -mean / std)
+        return self._constants[device]
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, H, W]
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        scale, shift = self._on(images.device)
+        x = images.permute(0, 3, 1, 2).float()  # [B, 3, H, W]
+        return torch.addcmul(shift, x, scale)  # [B, 3, H, W] fp32 (autocast casts it at the first conv)
 
 
 def _scalars_to_vectors(model: nn.Module) -> None:

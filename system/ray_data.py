@@ -116,6 +116,8 @@ def train_batches(stream, cfg: Config, device="auto"):
     `uniproto benchmark data` consumes the stream exactly as a Train worker does."""
     import torch
 
+    # On a GPU the batches are collated into pinned host memory, so the copy to the device is asynchronous.
+    on_gpu = str(device).startswith("cuda")
     return stream.iter_torch_batches(
         batch_size=cfg.train.micro_batch_size,
         drop_last=True,
@@ -123,6 +125,7 @@ def train_batches(stream, cfg: Config, device="auto"):
         prefetch_batches=cfg.data.prefetch_batches,
         dtypes={"image": torch.uint8, "text": torch.int64, "label": torch.int64},
         device=device,
+        pin_memory=on_gpu,
     )
 
 
@@ -185,9 +188,10 @@ def with_text_pairing(
 
 
 class FeatureEncoder:
-    """Actor-pool UDF: the stage-1 image encoder as a batch-inference pass (normalised features)."""
+    """Actor-pool UDF: the stage-1 image encoder as a batch-inference pass (normalised features), under the
+    training's precision (bf16 autocast or fp32); features leave as fp32."""
 
-    def __init__(self, arch: str, image_size: int, weights: str):
+    def __init__(self, arch: str, image_size: int, weights: str, precision: str = "fp32"):
         import torch
 
         from system.models import create_clip, load_state, preprocess_for
@@ -195,6 +199,7 @@ class FeatureEncoder:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.model = load_state(create_clip(arch, None, image_size), weights).eval()
         self.preprocess = preprocess_for(self.model)
+        self.precision = precision
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -202,7 +207,9 @@ class FeatureEncoder:
         # Arrow hands out read-only buffers and torch.from_numpy warns on every such batch; a writable copy is
         # made only when the buffer is read-only (np.require), and the model only reads it anyway.
         images = np.require(batch["image"], requirements=["C", "W"])  # [N, S, S, 3] uint8
-        with torch.inference_mode():
+        from system.stage1_step import autocast
+
+        with torch.inference_mode(), autocast(self.precision, "cpu"):
             x = self.preprocess(torch.from_numpy(images))  # [N, 3, S, S]
             f = self.model.encode_image(x, normalize=True)  # [N, d]
         return {"feature": f.float().numpy(), "label": batch["label"]}
@@ -214,7 +221,12 @@ def extract_features(
     """Features [N, d] and labels [N] of a split under the stage-1 encoder (no resampling)."""
     ds = decoded_split(cfg, manifest, paths, ledger=ledger).map_batches(
         FeatureEncoder,
-        fn_constructor_kwargs={"arch": cfg.model.arch, "image_size": cfg.data.image_size, "weights": weights},
+        fn_constructor_kwargs={
+            "arch": cfg.model.arch,
+            "image_size": cfg.data.image_size,
+            "weights": weights,
+            "precision": cfg.train.precision,
+        },
         compute=ActorPoolStrategy(size=1),
         batch_size=cfg.finetune.feature_batch_size,
         batch_format="numpy",

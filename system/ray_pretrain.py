@@ -27,11 +27,19 @@ from system.data.dataset_dir import Manifest
 from system.ds_config import deepspeed_config, skip_single_rank_allreduce, warmup_cosine
 from system.export import META_FILE, MODEL_FILE  # the checkpoint layout, shared with export
 from system.heads import leave_one_out_class_mean_predictions
-from system.losses import Stage1Loss, gather_features, total_loss
+from system.losses import Stage1Loss
 from system.models import add_class_head, create_clip, preprocess_for
 from system.optim import build_adamw
 from system.ray_data import configure_data_context, train_batches, train_dataset, val_probe
 from system.ray_monitor import TrainMonitor
+from system.stage1_step import (
+    Stage1Step,
+    StepResult,
+    autocast,
+    clamp_logit_scale_,
+    configure_device_math,
+    module_of,
+)
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -62,6 +70,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
     if cfg.loss.ce_weight > 0:
         add_class_head(model, prototypes.shape[0])
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     preprocess = preprocess_for(model)
     loss_fn = Stage1Loss(
         prototypes,
@@ -88,11 +98,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         config=deepspeed_config(cfg.train, cfg.optim),
     )
     skip_single_rank_allreduce(engine, world, cfg.train.zero_stage)
+    if cfg.train.compile:
+        # in place: the state-dict keys (checkpoints, export) stay those of the module
+        engine.compile(backend=cfg.train.compile_backend)
     device = engine.device
+    configure_device_math(device)
     loss_fn.to(device)
     teacher = _frozen_teacher(cfg, device) if cfg.loss.distill_weight > 0 else None
+    step_fn = Stage1Step(engine, module_of(engine), loss_fn, preprocess, cfg.train.precision, teacher)
 
-    probe = StageOneProbe.build(loop_config, cfg.model.arch, preprocess, device, rank, world)
+    probe = StageOneProbe.build(
+        loop_config, cfg.model.arch, preprocess, device, rank, world, cfg.train.precision
+    )
     step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -114,22 +131,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if step >= total_steps:
             break
         meter.wait(time.perf_counter() - t_wait)
-        images = preprocess(batch["image"])  # [b, 3, S, S]
-        out = engine(images, batch["text"])
-        logit_scale = out["logit_scale"].clamp(max=100.0)  # [1]
-        t_logits = teacher_logits(teacher, images, batch["text"], cfg.loss.local_loss) if teacher else None
-        class_weights = engine.module.class_head.weight if cfg.loss.ce_weight > 0 else None  # [K, d]
-        terms = loss_fn(
-            out["image_features"], out["text_features"], batch["label"], logit_scale, t_logits, class_weights
-        )
-        loss = total_loss(terms)
-        engine.backward(loss)
+        result = step_fn(batch["image"], batch["text"], batch["label"])
+        engine.backward(result.loss)
         engine.step()  # DeepSpeed steps the optimizer only at accumulation boundaries
-        meter.add(terms, loss, batch["label"].shape[0])
+        meter.add(result, batch["label"].shape[0])
         micro += 1
         if micro % cfg.train.grad_accum:
             t_wait = time.perf_counter()
             continue
+        clamp_logit_scale_(module_of(engine))  # after the optimizer step, as open_clip
         step += 1
         if step % steps_per_epoch == 0:
             _end_epoch(engine, cfg, meter, probe, step // steps_per_epoch, step, world, rank)
@@ -148,21 +158,39 @@ class StageOneProbe:
     """A fixed subset of the selection split scored after every epoch: leave-one-out class-mean top-1 (the
     per-epoch sweep metric) and zero-shot top-1 against the class-name prompts.
 
-    Each rank embeds its slice; class sums and correct counts are summed over ranks.
-    Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively per forward).
+    Each rank embeds its slice; class sums and correct counts are summed over ranks. The encoders run under the
+    training's autocast. Every rank runs the same number of forward passes (ZeRO-3 gathers parameters
+    collectively per forward), and under ZeRO-3 the root module's own parameters (text projection, positional
+    embedding), which `encode_text` reads outside any submodule's forward, are gathered around the probe.
     """
 
     BATCH = 256
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, tokens: torch.Tensor, preprocess, device, batches
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        tokens: torch.Tensor,
+        preprocess,
+        device,
+        batches: int,
+        precision: str = "fp32",
     ):
         self.images, self.labels = images, labels  # [n, 3, S, S] uint8, [n] int64: this rank's slice
         self.tokens = tokens  # [K, L] class-name prompts
-        self.preprocess, self.device, self.batches = preprocess, device, batches
+        self.preprocess, self.device, self.batches, self.precision = preprocess, device, batches, precision
 
     @classmethod
-    def build(cls, loop_config: dict[str, Any], arch: str, preprocess, device, rank: int, world: int):
+    def build(
+        cls,
+        loop_config: dict[str, Any],
+        arch: str,
+        preprocess,
+        device,
+        rank: int,
+        world: int,
+        precision: str = "fp32",
+    ):
         if loop_config.get("probe_ref") is None:
             return None
         from system.models import tokenizer_for
@@ -174,7 +202,13 @@ class StageOneProbe:
         prompts = [PROMPT_TEMPLATES[0].format(name=n) for n in loop_config["class_names"]]
         tokens = tokenizer_for(arch)(prompts)
         return cls(
-            data["image"][rows], data["label"][rows], tokens, preprocess, device, -(-per_rank // cls.BATCH)
+            data["image"][rows],
+            data["label"][rows],
+            tokens,
+            preprocess,
+            device,
+            -(-per_rank // cls.BATCH),
+            precision,
         )
 
     @torch.no_grad()
@@ -182,21 +216,22 @@ class StageOneProbe:
         """Zero-shot and leave-one-out class-mean top-1 (%) over every rank's slice, and the sample count."""
         was_training = model.training
         model.eval()
-        text = model.encode_text(self.tokens.to(self.device), normalize=True)  # [K, d]
-        feats = []
-        for j in range(self.batches):
-            images = self.images[j * self.BATCH : (j + 1) * self.BATCH]
-            n = len(images)
-            if n == 0:  # this rank ran out: a dummy forward keeps the ranks' forward counts equal
-                images = np.zeros((1, *self.images.shape[1:]), np.uint8)
-            x = self.preprocess(
-                torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-            )  # [b, 3, S, S]
-            feats.append(model.encode_image(x, normalize=True)[:n].float().cpu())  # [n, d]
+        with _root_params_gathered(model), autocast(self.precision, self.device):
+            text = model.encode_text(self.tokens.to(self.device), normalize=True).float()  # [K, d]
+            feats = []
+            for j in range(self.batches):
+                images = self.images[j * self.BATCH : (j + 1) * self.BATCH]
+                n = len(images)
+                if n == 0:  # this rank ran out: a dummy forward keeps the ranks' forward counts equal
+                    images = np.zeros((1, *self.images.shape[1:]), np.uint8)
+                x = self.preprocess(
+                    torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+                )  # [b, 3, S, S]
+                feats.append(model.encode_image(x, normalize=True)[:n].float().cpu())  # [n, d]
         model.train(was_training)
         f = torch.cat(feats) if feats else torch.zeros(0, text.shape[1])  # [n, d]
         y = torch.from_numpy(self.labels).long()  # [n]
-        zs_correct = float(((f @ text.float().cpu().T).argmax(dim=1) == y).sum()) if len(y) else 0.0
+        zs_correct = float(((f @ text.cpu().T).argmax(dim=1) == y).sum()) if len(y) else 0.0
         # Class sums over all ranks, then every rank scores its own samples leave-one-out.
         sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64).index_add_(
             0, y, f.double()
@@ -214,25 +249,44 @@ class StageOneProbe:
         }
 
 
+def _root_params_gathered(model: torch.nn.Module):
+    """Under ZeRO-3, gather the parameters the root module owns directly (its submodules fetch their own in
+    their forward hooks); a no-op otherwise."""
+    import contextlib
+
+    own = [p for p in model.parameters(recurse=False) if hasattr(p, "ds_id")]
+    if not own:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(own, modifier_rank=None)
+
+
 class EpochMeter:
-    """Per-epoch sums on one rank: loss terms, samples, steps, time blocked on data, wall time."""
+    """Per-epoch sums on one rank: loss terms, samples, steps, time blocked on data, wall time.
+
+    The loss terms are summed on the device and read once per epoch (`reduce`): reading them every step would
+    make the host wait for the device at each micro-step.
+    """
 
     def __init__(self, resumed_from_step: int = 0) -> None:
         self.resumed_from_step = resumed_from_step
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.logit_scale: torch.Tensor | None = None  # [1], the last step's
         self.samples, self.steps, self.wait_s = 0, 0, 0.0
         self.t0 = time.perf_counter()
 
     def wait(self, seconds: float) -> None:
         self.wait_s += seconds
 
-    def add(self, terms: dict[str, torch.Tensor], loss: torch.Tensor, samples: int) -> None:
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
-        self.sums["loss"] = self.sums.get("loss", 0.0) + float(loss.detach())
+    def add(self, result: StepResult, samples: int) -> None:
+        for k, v in [*result.terms.items(), ("loss", result.loss)]:
+            v = v.detach().reshape(())
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.logit_scale = result.logit_scale
         self.samples += samples
         self.steps += 1
 
@@ -240,9 +294,8 @@ class EpochMeter:
         """Metrics over all ranks (only rank 0's report survives in Ray, so reduce before reporting)."""
         keys = sorted(self.sums)
         elapsed = time.perf_counter() - self.t0
-        vals = _all_reduce_sum(
-            [self.sums[k] for k in keys] + [self.steps, self.samples, self.wait_s, elapsed]
-        )
+        local = [float(v) for v in torch.stack([self.sums[k] for k in keys]).double().cpu()] if keys else []
+        vals = _all_reduce_sum(local + [self.steps, self.samples, self.wait_s, elapsed])
         steps, samples, wait_s, elapsed_sum = vals[-4:]
         out = {k: v / max(steps, 1) for k, v in zip(keys, vals[: len(keys)], strict=True)}
         out.update(
@@ -252,6 +305,8 @@ class EpochMeter:
             data_wait_fraction=wait_s / max(elapsed_sum, 1e-9),
             epoch_s=elapsed_sum / world,
         )
+        if self.logit_scale is not None:
+            out["logit_scale"] = float(self.logit_scale.reshape(-1)[0])
         return out
 
 
@@ -261,7 +316,7 @@ def _end_epoch(
     """Reduce metrics, print progress on rank 0, checkpoint (all ranks save, then all report) or just report."""
     metrics = meter.reduce(world)
     if probe is not None:
-        metrics.update(probe.evaluate(_unwrap(engine), len(probe.tokens)))
+        metrics.update(probe.evaluate(module_of(engine), len(probe.tokens)))
         # val_score is the sweep metric in every report: here the leave-one-out class-mean top-1 of the
         # probe (how well the features separate classes, what stage 2's prototype branch uses, defined for
         # every loss variant); in the trial's final report the chosen classifier's val top-1 (ray_sweep).
@@ -271,7 +326,6 @@ def _end_epoch(
         epoch=epoch,
         step=step,
         lr=float(engine.get_lr()[0]),
-        logit_scale=float(_unwrap(engine).logit_scale.detach().exp().reshape(-1)[0]),
     )
     if rank == 0:
         terms = " ".join(f"{k}={metrics[k]:.3f}" for k in sorted(metrics) if k.endswith("loss"))
@@ -316,22 +370,6 @@ def _frozen_teacher(cfg: Config, device) -> torch.nn.Module:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
-
-
-@torch.no_grad()
-def teacher_logits(
-    teacher: torch.nn.Module, images: torch.Tensor, text: torch.Tensor, local_loss: bool
-) -> torch.Tensor:
-    """The teacher's image-text logits with the rows/columns the student's loss uses: [b or B, B]."""
-    out = teacher(images, text)
-    img = out["image_features"]  # [b, d]
-    txt_all = gather_features(out["text_features"], with_grad=False)  # [B, d]
-    rows = img if local_loss else gather_features(img, with_grad=False)  # [b or B, d]
-    return out["logit_scale"].clamp(max=100.0) * rows @ txt_all.T
-
-
-def _unwrap(engine) -> torch.nn.Module:
-    return getattr(engine, "module", engine)
 
 
 def tensorboard_dir(storage: str, name: str) -> str:

@@ -65,6 +65,20 @@ def test_every_arm_is_a_valid_config_and_the_ladder_adds_one_thing_at_a_time():
     assert ab.VARIANTS["no_text"].classifier == ab.VARIANTS["full"].classifier
 
 
+def test_text_free_arms_zero_every_text_derived_weight(tmp_path):
+    """A user config with distillation: the text-free arms drop it too (the teacher's logits are image-text)."""
+    (tmp_path / "t.pt").write_bytes(b"")
+    base = config_from_dict(
+        {}, {"model.pretrained": str(tmp_path / "t.pt"), "loss.distill_weight": 0.5}
+    ).to_dict()
+    for name in ("baseline", "no_text"):
+        cfg = config_from_dict(base, ab.ARMS[name].overrides)
+        assert cfg.loss.distill_weight == 0 and cfg.loss.contrastive_weight == 0, name
+        assert cfg.loss.proto_weight == 0 or cfg.loss.proto_modalities == "image", name
+    kept = config_from_dict(base, ab.ARMS["text_filter"].overrides)
+    assert kept.loss.distill_weight == 0.5  # the text arms keep the user's distillation
+
+
 def test_plot_writes_a_png(tmp_path):
     summary = ab.summarise({"a": [{"overall": 50.0, "many": 80.0, "medium": None, "few": 10.0}]})
     ab.plot(tmp_path / "a.png", summary, "t")

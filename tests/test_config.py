@@ -43,6 +43,14 @@ def test_overrides_are_typed_by_yaml():
     assert cfg.data.attribute_prompts is False
 
 
+def test_gpu_numerics_defaults_and_what_one_worker_allows():
+    cfg = Config()
+    assert cfg.loss.local_loss and cfg.loss.gather_with_grad  # exact and memory-lean by default
+    assert load_config(DEMO, ["train.precision=bf16"]).train.precision == "bf16"  # CPU autocast: allowed
+    # one worker has nobody to gather from: the flag changes nothing, so it is not refused
+    assert not load_config(DEMO, ["loss.gather_with_grad=false", "train.num_workers=1"]).loss.gather_with_grad
+
+
 def test_int_widens_to_float_but_not_the_reverse():
     assert config_from_dict({"optim": {"lr": 1}}).optim.lr == 1.0
     with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
@@ -66,6 +74,16 @@ def test_int_widens_to_float_but_not_the_reverse():
         (["data.text_scorer=magic"], r"data\.text_scorer: unknown scorer"),
         (["eval.few_threshold=200"], r"eval\.few_threshold: must be <= eval\.many_threshold"),
         (["train=3"], r"train: expected a mapping"),
+        (["optim.lr=.nan"], r"optim\.lr: must be a finite number"),
+        (["loss.distill_weight=1.5"], r"loss\.distill_weight: must be <= 1"),
+        (["optim.grad_clip=.inf"], r"optim\.grad_clip: must be a finite number"),
+        (["loss.gather_with_grad=false"], r"loss\.gather_with_grad: false gives an inexact gradient"),
+        (
+            ["train.compile=true", "train.zero_stage=3"],
+            r"train\.compile: not supported with train\.zero_stage=3",
+        ),
+        (["train.compile_backend=tvm"], r"train\.compile_backend: must be one of"),
+        (["train.zero3_persistence_threshold=-1"], r"train\.zero3_persistence_threshold: must be >= 0"),
     ],
 )
 def test_refusals_name_the_key(overrides, message):

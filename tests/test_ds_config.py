@@ -22,10 +22,20 @@ def test_gpu_bf16_zero3_config():
     cfg = deepspeed_config(
         TrainSection(use_gpu=True, precision="bf16", zero_stage=3), OptimSection(grad_clip=0.0)
     )
-    assert cfg["bf16"] == {"enabled": True}
+    # bf16 is autocast in the step: DeepSpeed keeps fp32 weights, gradients and optimizer (no bf16 block)
+    assert "bf16" not in cfg and "fp16" not in cfg
     assert cfg["zero_optimization"]["stage"] == 3
     assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert "stage3_param_persistence_threshold" not in cfg["zero_optimization"]  # DeepSpeed's default
     assert "gradient_clipping" not in cfg
+
+
+def test_zero3_persistence_threshold_passes_through():
+    cfg = deepspeed_config(TrainSection(zero_stage=3, zero3_persistence_threshold=0), OptimSection())
+    assert cfg["zero_optimization"]["stage3_param_persistence_threshold"] == 0
+    # only stage 3 partitions parameters: the knob is not sent to stages 0-2
+    cfg = deepspeed_config(TrainSection(zero_stage=2, zero3_persistence_threshold=0), OptimSection())
+    assert cfg["zero_optimization"] == {"stage": 2}
 
 
 def test_warmup_cosine_shape():

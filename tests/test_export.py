@@ -76,7 +76,10 @@ def test_pretrained_from_a_local_torch_file_and_missing_file(tmp_path):
 
 def test_frozen_teacher_and_its_logits(tmp_path):
     from system.config import config_from_dict
-    from system.ray_pretrain import _frozen_teacher, teacher_logits
+    from system.losses import Stage1Loss
+    from system.models import preprocess_for, tokenizer_for
+    from system.ray_pretrain import _frozen_teacher
+    from system.stage1_step import Stage1Step
 
     torch.manual_seed(2)
     torch.save(create_clip(ARCH, None, 32).state_dict(), tmp_path / "t.pt")
@@ -91,14 +94,15 @@ def test_frozen_teacher_and_its_logits(tmp_path):
     )
     teacher = _frozen_teacher(cfg, "cpu")
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    student = create_clip(ARCH, None, 32)
+    step = Stage1Step(student, student, Stage1Loss(None), preprocess_for(student), "fp32", teacher)
     images = torch.randn(3, 3, 32, 32)
-    from system.models import tokenizer_for
-
     text = tokenizer_for(ARCH)(["a red circle", "a blue square", "a green star"])
-    z = teacher_logits(teacher, images, text, local_loss=False)  # one process: [b, b]
+    i2t, t2i = step._teacher(images, text)  # one process: rows = columns = the batch, [b, b] each
     out = teacher(images, text)
     expected = out["logit_scale"] * out["image_features"] @ out["text_features"].T
-    assert z.shape == (3, 3) and torch.allclose(z, expected) and not z.requires_grad
+    assert i2t.shape == (3, 3) and torch.allclose(i2t, expected) and not i2t.requires_grad
+    assert torch.allclose(t2i, expected.T)  # text -> image: the text rows against every image
 
 
 def test_feature_encoder_takes_read_only_batches_without_a_warning(tmp_path):

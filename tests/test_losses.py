@@ -2,17 +2,22 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from system import losses
 from system.losses import (
     Stage1Loss,
     classwise_contrastive_loss,
     cosine_ce_loss,
+    distillation_loss,
+    image_text_logits,
     multi_positive_targets,
     prototype_loss,
     soft_cross_entropy,
+    teacher_logit_pair,
     total_loss,
 )
 
@@ -170,3 +175,166 @@ def test_stage1_loss_ce_and_no_text_terms():
     got = image_only(img, txt, y, torch.tensor([1.0]))["proto_loss"].item()
     assert got == pytest.approx(prototype_loss(img, None, y, protos, 1.0).item())
     assert both(img, txt, y, torch.tensor([1.0]))["proto_loss"].item() > got
+
+
+# --- distillation: both directions explicit, rows local or global, columns global ---------------------------
+
+
+def _np_soft_ce(student: np.ndarray, teacher: np.ndarray) -> float:
+    """Independent reference: mean over rows of -sum_j softmax(teacher)_ij log softmax(student)_ij."""
+    t = np.exp(teacher - teacher.max(1, keepdims=True))
+    t /= t.sum(1, keepdims=True)
+    log_p = student - student.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    return float(-(t * log_p).sum(1).mean())
+
+
+def _unit(n: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
+
+
+def test_distillation_hand_computed_both_directions():
+    # Teacher logits all zero -> uniform targets [.5, .5] in both directions.
+    # i2t = identity: each row -(1/2)(log e/(e+1) + log 1/(e+1)) = log(e+1) - 1/2.
+    # t2i = zeros: each row log 2. The directions differ, so a transposed i2t in place of t2i would be caught.
+    s_i2t = torch.eye(2, dtype=torch.float64)
+    s_t2i = torch.zeros(2, 2, dtype=torch.float64)
+    t = torch.zeros(2, 2, dtype=torch.float64)
+    expected = 0.5 * ((math.log(math.e + 1) - 0.5) + math.log(2))
+    assert distillation_loss(s_i2t, s_t2i, t, t).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_distillation_matches_numpy_on_rectangular_logits():
+    # [b, B] = [2, 4] logits, as one rank of two sees them under the local loss.
+    g = torch.Generator().manual_seed(5)
+    s_i2t, s_t2i, t_i2t, t_t2i = (torch.randn(2, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    got = distillation_loss(s_i2t, s_t2i, t_i2t, t_t2i).item()
+    ref = 0.5 * (_np_soft_ce(s_i2t.numpy(), t_i2t.numpy()) + _np_soft_ce(s_t2i.numpy(), t_t2i.numpy()))
+    assert got == pytest.approx(ref, rel=1e-12)
+    # The teacher is a target: no gradient reaches it even when its logits carry a graph.
+    t_req = t_i2t.clone().requires_grad_()
+    s_req = s_i2t.clone().requires_grad_()
+    distillation_loss(s_req, s_t2i, t_req, t_t2i).backward()
+    assert t_req.grad is None and s_req.grad is not None
+
+
+def test_teacher_logit_pair_values_and_no_grad():
+    img = _unit(3, 4, 6).requires_grad_()
+    txt = _unit(3, 4, 7)
+    i2t, t2i = teacher_logit_pair(img, txt, torch.tensor([2.0], dtype=torch.float64), local_loss=False)
+    assert torch.allclose(i2t, 2.0 * img.detach() @ txt.T)
+    assert torch.allclose(t2i, 2.0 * txt @ img.detach().T)
+    assert not i2t.requires_grad and not t2i.requires_grad
+    # Not distributed: local rows are the whole batch, the same pair.
+    li2t, lt2i = teacher_logit_pair(img, txt, 2.0, local_loss=True)
+    assert torch.equal(li2t, i2t) and torch.equal(lt2i, t2i)
+    # Called inside a bf16 autocast region (the step's teacher forward), the logits stay in the features' dtype.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ai2t, _ = teacher_logit_pair(img.float(), txt.float(), 2.0, local_loss=False)
+    assert ai2t.dtype == torch.float32
+
+
+def test_local_distillation_rows_average_to_global():
+    # Two simulated ranks by slicing rows: each rank's logits [4, 8] = its rows against the global batch.
+    img, txt, t_img, t_txt = (_unit(8, 5, seed) for seed in (10, 11, 12, 13))
+    s, ts = 3.0, 7.0
+    full = distillation_loss(
+        *image_text_logits(img, txt, img, txt, s), *image_text_logits(t_img, t_txt, t_img, t_txt, ts)
+    )
+    halves = [
+        distillation_loss(
+            *image_text_logits(img[h], txt[h], img, txt, s),  # [4, 8] each
+            *image_text_logits(t_img[h], t_txt[h], t_img, t_txt, ts),  # [4, 8] each
+        )
+        for h in (slice(0, 4), slice(4, 8))
+    ]
+    assert full.item() == pytest.approx(sum(x.item() for x in halves) / 2, rel=1e-12)
+    # The former construction (t2i as the transpose of the [4, 8] i2t) is a softmax over the 4 local images:
+    # a different objective, which is why both directions are now built explicitly.
+    old = []
+    for h in (slice(0, 4), slice(4, 8)):
+        st, tt = s * img[h] @ txt.T, ts * t_img[h] @ t_txt.T  # [4, 8]
+        old.append(
+            0.5 * (soft_cross_entropy(st, F.softmax(tt, 1)) + soft_cross_entropy(st.T, F.softmax(tt.T, 1)))
+        )
+    assert abs(sum(x.item() for x in old) / 2 - full.item()) > 1e-3
+
+
+def _fake_rank_gather(monkeypatch, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Make losses' all-gathers return the global tensor a rank's local rows belong to (matched by storage)."""
+    table = {local.data_ptr(): full for local, full in pairs}
+    monkeypatch.setattr(losses, "gather_features", lambda x, with_grad=True: table[x.data_ptr()])
+    monkeypatch.setattr(losses, "gather_labels", lambda y: table[y.data_ptr()])
+
+
+def test_stage1_local_mode_averages_to_global_with_distillation(monkeypatch):
+    img, txt, t_img, t_txt = (_unit(8, 5, seed) for seed in (20, 21, 22, 23))
+    y = torch.tensor([0, 1, 0, 2, 1, 1, 2, 0])
+    protos = _unit(3, 5, 24)
+    scale, t_scale = torch.tensor([4.0], dtype=torch.float64), torch.tensor([6.0], dtype=torch.float64)
+    kw = dict(distill_weight=0.3, proto_weight=0.7, proto_temperature=0.5)
+    glob = Stage1Loss(protos, local_loss=False, **kw)(
+        img, txt, y, scale, teacher_logit_pair(t_img, t_txt, t_scale, local_loss=False)
+    )
+    per_rank = []
+    for h in (slice(0, 4), slice(4, 8)):
+        local = [x[h].clone() for x in (img, txt, t_img, t_txt, y)]
+        _fake_rank_gather(monkeypatch, list(zip(local, (img, txt, t_img, t_txt, y), strict=True)))
+        pair = teacher_logit_pair(local[2], local[3], t_scale, local_loss=True)
+        assert pair[0].shape == pair[1].shape == (4, 8)
+        per_rank.append(Stage1Loss(protos, local_loss=True, **kw)(*local[:2], local[4], scale, pair))
+    assert set(glob) == {"contrastive_loss", "proto_loss", "distill_loss"}
+    for key in glob:
+        mean = sum(r[key].item() for r in per_rank) / 2
+        assert mean == pytest.approx(glob[key].item(), rel=1e-12), key
+
+
+# --- beta is beta: (1 - beta) L_con + beta L_distill -------------------------------------------------------
+
+
+def _distill_inputs():
+    img, txt, t_img, t_txt = (_unit(4, 3, seed) for seed in (30, 31, 32, 33))
+    y = torch.tensor([0, 1, 1, 0])
+    s = torch.tensor([2.0], dtype=torch.float64)
+    return img, txt, y, s, teacher_logit_pair(t_img, t_txt, 5.0, local_loss=False)
+
+
+def test_distill_weight_is_beta():
+    img, txt, y, s, pair = _distill_inputs()
+    con = classwise_contrastive_loss(img, txt, y, s, 0.1).item()
+    dist = distillation_loss(*image_text_logits(img, txt, img, txt, s), *pair).item()
+    terms = Stage1Loss(None, distill_weight=0.5)(img, txt, y, s, pair)
+    assert set(terms) == {"contrastive_loss", "distill_loss"}
+    assert terms["contrastive_loss"].item() == pytest.approx(0.5 * con, rel=1e-12)
+    assert terms["distill_loss"].item() == pytest.approx(0.5 * dist, rel=1e-12)
+    assert total_loss(terms).item() == pytest.approx(0.5 * con + 0.5 * dist, rel=1e-12)
+    # (1 - beta) multiplies contrastive_weight: 2.0 * (1 - 0.25) = 1.5.
+    terms = Stage1Loss(None, contrastive_weight=2.0, distill_weight=0.25)(img, txt, y, s, pair)
+    assert terms["contrastive_loss"].item() == pytest.approx(1.5 * con, rel=1e-12)
+    assert terms["distill_loss"].item() == pytest.approx(0.25 * dist, rel=1e-12)
+
+
+def test_distill_weight_zero_changes_nothing_and_no_teacher_means_no_term():
+    img, txt, y, s, pair = _distill_inputs()
+    con = classwise_contrastive_loss(img, txt, y, s, 0.1).item()
+    terms = Stage1Loss(None, contrastive_weight=2.0)(img, txt, y, s, pair)
+    assert set(terms) == {"contrastive_loss"}
+    assert terms["contrastive_loss"].item() == pytest.approx(2.0 * con, rel=1e-12)
+    # beta > 0 without teacher logits: the distillation term is absent; the weighting follows the config.
+    terms = Stage1Loss(None, distill_weight=0.5)(img, txt, y, s)
+    assert set(terms) == {"contrastive_loss"}
+    assert terms["contrastive_loss"].item() == pytest.approx(0.5 * con, rel=1e-12)
+    # beta = 1: pure distillation, the contrastive term's weight is zero and it is absent.
+    assert set(Stage1Loss(None, distill_weight=1.0)(img, txt, y, s, pair)) == {"distill_loss"}
+
+
+def test_stage1_rejects_bad_beta_and_a_single_teacher_matrix():
+    img, txt, y, s, pair = _distill_inputs()
+    with pytest.raises(ValueError, match="beta"):
+        Stage1Loss(None, distill_weight=1.5)
+    fn = Stage1Loss(None, distill_weight=0.5)
+    with pytest.raises(TypeError, match="pair"):
+        fn(img, txt, y, s, pair[0])
+    with pytest.raises(ValueError, match="local_loss"):
+        fn(img, txt, y, s, (pair[0][:2], pair[1][:2]))
