@@ -42,6 +42,88 @@ def _pyproject_deps() -> list[str]:
 RAY_VERSION = _pins()["ray"]
 
 
+# ---------------------------------------------------------------------------------- CUDA and drivers
+
+# The NVIDIA driver branch each CUDA toolkit release shipped with: code built for CUDA x.y (torch's wheels, a
+# CUDA container) needs at least this driver. (A 12.x build also starts on older 12.x drivers through minor-version
+# compatibility, without JIT for the newer toolkit; across a major version nothing runs.)
+MIN_DRIVER = {
+    (12, 4): 550,
+    (12, 5): 555,
+    (12, 6): 560,
+    (12, 8): 570,
+    (12, 9): 575,
+    (13, 0): 580,
+    (13, 1): 590,
+    (13, 2): 595,
+}
+# A config whose image names do not show the host driver carries it in a comment line like this one.
+DRIVER_MARKER = re.compile(r"^#\s*uniproto:\s*nvidia-driver\s*>=\s*(\d+)\s*$", re.M)
+
+
+def pinned_torch_cuda(pins: dict[str, str]) -> tuple[int, int]:
+    """(major, minor) CUDA of the torch in the lock file: its local tag (`2.14.1+cu130`) when it has one, else
+    the CUDA runtime wheel pip installed with it (`nvidia-cuda-runtime==13.0.96`, `...-cu12==12.8.90`)."""
+    tag = re.search(r"\+cu(\d+)(\d)$", pins["torch"])
+    if tag:
+        return int(tag[1]), int(tag[2])
+    for name in ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12"):
+        if name in pins:
+            major, minor = pins[name].split(".")[:2]
+            return int(major), int(minor)
+    raise AssertionError(
+        f"torch=={pins['torch']} in constraints.txt is not a CUDA build: the GPU configs need one"
+    )
+
+
+def min_driver(cuda: tuple[int, int]) -> int:
+    assert cuda in MIN_DRIVER, f"CUDA {cuda[0]}.{cuda[1]}: add its driver branch to MIN_DRIVER"
+    return MIN_DRIVER[cuda]
+
+
+def _image_cuda(image: str) -> tuple[int, int] | None:
+    """CUDA (major, minor) of a Ray image from its tag (`-cu130` -> (13, 0)); None for a CPU image."""
+    m = re.search(r"-cu(1\d)(\d)$", image)
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def host_driver(image_names: list[str], text: str) -> int | None:
+    """The host's NVIDIA driver branch: from an image name that shows it (GCP's `...-nvidia-580` families), else
+    from the config's marker line; None when neither says."""
+    for name in image_names:
+        m = re.search(r"-nvidia-(\d{3})(?:-|$)", name)
+        if m:
+            return int(m[1])
+    m = DRIVER_MARKER.search(text)
+    return int(m[1]) if m else None
+
+
+def gpu_pairing_problems(gpu_image: str, driver: int | None, pins: dict[str, str]) -> list[str]:
+    """What is wrong between the pinned torch, the GPU container image and the GPU host's driver ([] if nothing)."""
+    torch_cuda = pinned_torch_cuda(pins)
+    image_cuda = _image_cuda(gpu_image)
+    problems = []
+    if image_cuda is None:
+        problems.append(f"{gpu_image}: no CUDA tag (-cuXY); `-gpu` is Ray's alias of an old CUDA")
+    elif image_cuda[0] != torch_cuda[0]:
+        problems.append(f"{gpu_image}: CUDA {image_cuda[0]} beside a CUDA {torch_cuda[0]} torch")
+    need = max([min_driver(torch_cuda)] + ([min_driver(image_cuda)] if image_cuda else []))
+    if driver is None:
+        problems.append(f"no driver stated: name a driver image or add '# uniproto: nvidia-driver >= {need}'")
+    elif driver < need:
+        problems.append(f"driver {driver} < {need}, which CUDA {torch_cuda[0]}.{torch_cuda[1]} needs")
+    return problems
+
+
+def test_lock_file_names_the_cuda_of_the_installed_torch():
+    import torch
+
+    cuda = pinned_torch_cuda(_pins())
+    assert min_driver(cuda)
+    if torch.version.cuda:  # the lock file is this venv's freeze: a CUDA build here is the pinned one
+        assert tuple(int(x) for x in torch.version.cuda.split(".")[:2]) == cuda
+
+
 def test_lock_file_pins_the_installed_ray_and_the_job_api_extras():
     import aiohttp  # noqa: F401 - ray[default]: the dashboard and job API need it
     import ray
@@ -81,9 +163,10 @@ def test_launcher_config_passes_rays_schema(name):
     images = [raw["docker"][k] for k in ("image", "head_image", "worker_image")]
     images += [n["docker"]["worker_image"] for n in nodes.values() if "docker" in n]
     for image in images:
-        assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_VERSION)}-{PYTHON_TAG}(-gpu)?", image), image
-    assert nodes["gpu_train"]["docker"]["worker_image"].endswith("-gpu")
-    assert not nodes["cpu_data"]["docker"]["worker_image"].endswith("-gpu")
+        assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_VERSION)}-{PYTHON_TAG}(-cu\d+)?", image), image
+    assert _image_cuda(nodes["gpu_train"]["docker"]["worker_image"])  # CUDA build; driver checked below
+    assert _image_cuda(raw["docker"]["head_image"]) is None  # CPU images where no GPU is
+    assert _image_cuda(nodes["cpu_data"]["docker"]["worker_image"]) is None
     head_start = " ".join(raw["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start  # Ray's defaults.yaml would bind 0.0.0.0
     for cmd in raw["head_start_ray_commands"][1:] + raw["worker_start_ray_commands"][1:]:
@@ -216,10 +299,10 @@ def _check_cluster_spec(spec: dict, where: str) -> None:
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
     for group, template in templates:
         (c,) = _containers(template)
-        assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_VERSION)}-{PYTHON_TAG}(-gpu)?", c["image"]), c[
+        assert re.fullmatch(rf"rayproject/ray:{re.escape(RAY_VERSION)}-{PYTHON_TAG}(-cu\d+)?", c["image"]), c[
             "image"
         ]
-        assert c["image"].endswith("-gpu") == (group == "gpu-train"), f"{where}: {group}: {c['image']}"
+        assert bool(_image_cuda(c["image"])) == (group == "gpu-train"), f"{where}: {group}: {c['image']}"
         env = {e["name"]: e for e in c["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"], "the token comes from a Secret"
@@ -293,3 +376,116 @@ def test_kuberay_manifests_open_nothing_outside_the_cluster():
             )
             text = yaml.safe_dump(doc)
             assert "LoadBalancer" not in text and "NodePort" not in text, path.name
+
+
+# ---------------------------------------------------------------------------------- GPU images and drivers
+
+
+def _launcher_gpu_pairing(raw: dict, text: str) -> list[str]:
+    node = raw["available_node_types"]["gpu_train"]
+    config = node["node_config"]
+    host_images = [d["initializeParams"]["sourceImage"] for d in config.get("disks", []) if d.get("boot")]
+    host_images += [config["ImageId"]] if "ImageId" in config else []
+    return gpu_pairing_problems(node["docker"]["worker_image"], host_driver(host_images, text), _pins())
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_launcher_gpu_nodes_boot_a_driver_for_the_pinned_torch(name):
+    text = (CLUSTER / name).read_text()
+    raw = yaml.safe_load(text)
+    assert _launcher_gpu_pairing(raw, text) == []
+    gpu = raw["available_node_types"]["gpu_train"]
+    assert raw["docker"]["worker_image"] == gpu["docker"]["worker_image"]  # the default GPU image is the same
+    if name == "aws.yaml":  # no ImageId: Ray boots its own default AMI, a CUDA 11 one
+        assert all("ImageId" in n["node_config"] for n in raw["available_node_types"].values())
+
+
+def _kuberay_gpu_images(name: str) -> list[str]:
+    images = []
+    for doc in yaml.safe_load_all((KUBERAY / name).read_text()):
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        for group in spec.get("workerGroupSpecs", []):
+            if group["groupName"] == "gpu-train":
+                images += [c["image"] for c in _containers(group["template"])]
+    return images
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-pretrain.yaml", "rayjob-sweep.yaml"])
+def test_kuberay_gpu_image_and_node_pool_driver_match_the_pinned_torch(name):
+    text = (KUBERAY / name).read_text()
+    (image,) = _kuberay_gpu_images(name)
+    # The node pool's driver is outside the manifest: the marker states what the pool must have.
+    assert gpu_pairing_problems(image, host_driver([], text), _pins()) == []
+
+
+def test_the_driver_check_catches_mismatches():
+    """What the configs shipped before: a driver-570 GCP image, an AWS config naming no image or driver, Ray's
+    `-gpu` alias (CUDA 12.1); and a CUDA 12 build beside a CUDA 13 torch."""
+    pins = _pins()
+    gcp_text = (CLUSTER / "gcp.yaml").read_text()
+    old_gcp = yaml.safe_load(
+        gcp_text.replace("common-cu129-ubuntu-2204-nvidia-580", "common-cu128-ubuntu-2204-nvidia-570")
+    )
+    assert any("driver 570 < 580" in p for p in _launcher_gpu_pairing(old_gcp, gcp_text))
+    aws_text = DRIVER_MARKER.sub("", (CLUSTER / "aws.yaml").read_text())
+    old_aws = yaml.safe_load(aws_text)
+    del old_aws["available_node_types"]["gpu_train"]["node_config"]["ImageId"]
+    assert any("no driver stated" in p for p in _launcher_gpu_pairing(old_aws, aws_text))
+    assert any(
+        "no CUDA tag" in p for p in gpu_pairing_problems(f"rayproject/ray:{RAY_VERSION}-py311-gpu", 580, pins)
+    )
+    assert any(
+        "CUDA 12 beside" in p
+        for p in gpu_pairing_problems(f"rayproject/ray:{RAY_VERSION}-py311-cu128", 580, pins)
+    )
+    cu12 = {**pins, "torch": "2.14.1+cu128"}
+    assert pinned_torch_cuda(cu12) == (12, 8) and gpu_pairing_problems("x-cu128", 570, cu12) == []
+    assert pinned_torch_cuda({"torch": "2.9.0", "nvidia-cuda-runtime-cu12": "12.8.90"}) == (12, 8)
+    with pytest.raises(AssertionError, match="not a CUDA build"):
+        pinned_torch_cuda({"torch": "2.14.1+cpu"})
+
+
+# ---------------------------------------------------------------------------------- GPU configs
+
+# Measured 2026-12-04 with `uniproto benchmark data` (cluster/README.md, "How the CPU numbers were derived"):
+# CPU-seconds per 1,000 images at 224 px from 256-384 px JPEG shards, the whole stream and its text stage.
+STREAM_CPU_S_PER_1K = 2.13
+TEXT_CPU_S_PER_1K = 0.105
+GPU_SAMPLES_PER_S = 2000  # assumed: ViT-B/16 at 224 px in bf16 on one H100/H200
+MARGIN = 1.5
+RAY_VCPUS = 4  # Ray's daemons and the driver on a node, outside Ray's logical CPUs
+GPUS_PER_NODE = 8
+# 8-GPU machines: a2-highgpu-8g and p4d.24xlarge (96 vCPU), p5.48xlarge (192), a3-highgpu-8g (208), and the
+# KubeRay gpu-train pod (88 CPUs of a 96-vCPU node)
+NODE_VCPUS = (88, 96, 192, 208)
+
+
+@pytest.mark.parametrize("name", ["gpu-node.yaml", "cluster.yaml"])
+def test_gpu_configs_validate_and_fit_every_8_gpu_node(name):
+    from system.config import load_config
+
+    cfg = load_config(REPO / "pipelines" / "configs" / name)
+    assert cfg.model.arch == "ViT-B-16" and cfg.data.image_size == 224
+    assert cfg.train.use_gpu and cfg.train.precision == "bf16" and cfg.train.zero_stage in (1, 2)
+    assert cfg.loss.local_loss
+    nodes, rest = divmod(cfg.train.num_workers, GPUS_PER_NODE)
+    assert nodes >= 1 and rest == 0, "whole 8-GPU nodes"
+    assert cfg.data.filter_actors % nodes == 0, "the same text actors per node"
+    actors = cfg.data.filter_actors // nodes
+    demand = GPUS_PER_NODE * GPU_SAMPLES_PER_S * MARGIN  # samples/s one node's data stage must sustain
+    for vcpus in NODE_VCPUS:
+        decode_vcpus = vcpus - GPUS_PER_NODE * cfg.train.cpus_per_worker - actors * cfg.data.filter_actor_cpus
+        assert (decode_vcpus - RAY_VCPUS) * 1000 / STREAM_CPU_S_PER_1K >= demand, f"{vcpus} vCPUs"
+    assert actors * cfg.data.filter_actor_cpus * 1000 / TEXT_CPU_S_PER_1K >= demand, "text actors"
+    # One decode task per logical CPU: the 2-core figure (0.375) would oversubscribe a big node's training loops.
+    assert cfg.data.decode_cpus >= 1.0 and 1.0 <= cfg.train.cpus_per_worker <= 2
+    if name == "gpu-node.yaml":
+        assert nodes == 1 and cfg.ray.num_cpus is None  # a local Ray takes the whole node
+    else:
+        for launcher in ("aws.yaml", "gcp.yaml"):
+            gpu = yaml.safe_load((CLUSTER / launcher).read_text())["available_node_types"]["gpu_train"]
+            assert nodes <= gpu["max_workers"], f"{launcher} holds {gpu['max_workers']} GPU nodes"
+    readme = (CLUSTER / "README.md").read_text()
+    assert "2026-12-04" in readme and f"{STREAM_CPU_S_PER_1K}" in readme, (
+        "the README's table shows the figures"
+    )
