@@ -6,7 +6,7 @@ STAMP := $(VENV)/.uniproto-installed
 DEMO_DATA := runs/datasets/demo
 ABLATE_DATA := runs/datasets/demo-crowded
 
-.PHONY: setup demo ablate test lint format clean
+.PHONY: setup demo ablate test lint format clean gpu-bundle gpu-check
 
 setup: $(STAMP)
 
@@ -35,6 +35,23 @@ lint: setup
 
 format: setup
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+# The one-GPU check (docs/gpu-check.md). `make gpu-bundle`, here (it downloads): the cp312 wheels the GPU machine
+# lacks, into the git-ignored .whl/ (about 49 MiB with the working tree, under the 64 MiB one call carries).
+# `make gpu-check`, there: no .venv is made; the machine's own python3 (with its torch) runs the check, the wheels
+# installed first into /tmp/site and put on PYTHONPATH. The run command's line, with `.whl` carried:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+#   && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/peer-site .whl/peer/*.whl
+#   && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 || exit; python3 -m pipelines.bench_gpu --peer-site
+#   /tmp/peer-site --workdir /tmp/gpu-check --out $OUT/gpu-check.json; tar czf $OUT/logs.tgz -C /tmp/gpu-check logs
+# `make gpu-check GPU_CHECK_ARGS=--smoke` runs the same orchestration on a CPU in a few minutes.
+GPU_CHECK_ARGS ?=
+GPU_CHECK_OUT ?= runs/gpu-check/gpu-check.json
+gpu-bundle: setup
+	$(PY) -m pipelines.gpu_bundle
+
+gpu-check:
+	$(PYTHON) -m pipelines.bench_gpu --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -123,10 +123,14 @@ class PeerRun:
     warmup: int = 2
     grad_clip: float = 1.0
     seed: int = 0
+    # open_clip_train's --precision; amp_bf16 is bf16 autocast over fp32 weights, as ours
+    precision: str = "fp32"
+    device: str = "cpu"
 
 
 def peer_command(python: str | os.PathLike, run: PeerRun, configs_dir: str | os.PathLike) -> list[str]:
-    """argv that starts open_clip_train on the CPU, logging every step, with no eval, zero-shot or wandb."""
+    """argv that starts open_clip_train (on the CPU unless `run.device` says otherwise), logging every step, with
+    no eval, zero-shot or wandb."""
     return [
         str(python),
         "-c",
@@ -143,8 +147,8 @@ def peer_command(python: str | os.PathLike, run: PeerRun, configs_dir: str | os.
         "--wd", str(run.wd),
         "--warmup", str(run.warmup),
         "--grad-clip-norm", str(run.grad_clip),
-        "--precision", "fp32",
-        "--device", "cpu",
+        "--precision", run.precision,
+        "--device", run.device,
         "--log-every-n-steps", "1",
         "--logs", str(run.logs),
         "--name", run.name,

@@ -35,6 +35,7 @@ def _make_demo_data(argv: list[str]) -> int:
         help="crowded: a fine-grained tail (families of classes differing only in pattern), for the ablation",
     )
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering shards (the same bytes)")
     a = p.parse_args(argv)
     from system.data.demo_data import make_demo_dataset
 
@@ -51,6 +52,7 @@ def _make_demo_data(argv: list[str]) -> int:
         overwrite=a.overwrite,
         samples_per_shard=a.samples_per_shard,
         profile=a.profile,
+        workers=a.workers,
     )
     summary = {s: i.num_samples for s, i in m.splits.items()}
     print(
@@ -187,12 +189,12 @@ def _submit(argv: list[str]) -> int:
 
 
 # `uniproto benchmark <what>`: module of each benchmark's main (imported only when run).
-BENCHMARKS = {"train": "system.bench_train", "data": "system.bench_data"}
+BENCHMARKS = {"train": "system.bench_train", "data": "system.bench_data", "gpu": "pipelines.bench_gpu"}
 
 
 def _benchmark(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
-        print("usage: uniproto benchmark {train,data} [--shards SPEC] [--json] (see --help)", file=sys.stderr)
+        print("usage: uniproto benchmark {train,data,gpu} [options] (see --help)", file=sys.stderr)
         return 2
     import importlib
 
@@ -262,7 +264,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "benchmark": (
         _benchmark,
         "benchmark train: our stage 1 vs open_clip_train and a bare torch loop; "
-        "benchmark data: our Ray Data input pipeline vs webdataset + DataLoader",
+        "benchmark data: our Ray Data input pipeline vs webdataset + DataLoader; "
+        "benchmark gpu: the one-GPU check (bare DeepSpeed, open_clip_train, ours, resume) as JSON",
     ),
 }
 

@@ -2,14 +2,17 @@
 
 Train follows the exponential long-tail profile; val and test are balanced. Everything is a pure function of
 the seed (each image has its own numpy Generator seeded from (seed, split, position)), so two runs give
-byte-identical shards and a test failure on CI reproduces locally.
+byte-identical shards and a test failure on CI reproduces locally. The same purity lets `workers` processes
+render a split's shards side by side (one shard per task) into the very same bytes.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,10 @@ from system.data.dataset_dir import (
     KEY_STRIDE,
     MANIFEST_NAME,
     Manifest,
+    SplitInfo,
+    shard_relpath,
     write_manifest,
+    write_shard,
     write_split_shards,
 )
 from system.data.demo_render import COLOURS, PATTERNS, SHAPES, DemoClass, demo_classes, render_image
@@ -63,14 +69,18 @@ def _split_samples(
     image_size: int,
     seed: int,
     progress: Callable[[str], None] | None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[dict[str, Any]]:
+    """The split's samples at positions [start, stop) (all by default)."""
     code = _SPLIT_CODES[split]
     labels = np.repeat(np.arange(len(classes)), per_class)
     order = np.random.default_rng([seed, code, 1_000_003]).permutation(len(labels))  # shards mix classes
     total = len(labels)
     step = max(500, total // 5)
-    for position, label in enumerate(labels[order]):
-        cls = classes[int(label)]
+    ordered = labels[order]
+    for position in range(start, total if stop is None else min(stop, total)):
+        cls = classes[int(ordered[position])]
         rng = np.random.default_rng([seed, code, position])
         jpg, pose = render_image(cls, image_size, rng)
         text, boilerplate = caption(cls, rng)
@@ -91,6 +101,40 @@ def _split_samples(
             progress(f"[make-demo-data] {split}: {done}/{total} images")
 
 
+def _render_shard(args: tuple) -> int:
+    """One shard of a split, rendered in a worker process: (root, split, shard, samples_per_shard, classes,
+    per_class, image_size, seed) -> its sample count."""
+    root, split, shard, per_shard, classes, per_class, image_size, seed = args
+    start = shard * per_shard
+    samples = _split_samples(split, classes, per_class, image_size, seed, None, start, start + per_shard)
+    return write_shard(root, shard_relpath(split, shard), shard, samples)
+
+
+def _write_split(
+    root: Path,
+    split: str,
+    classes: list[DemoClass],
+    per_class: list[int],
+    image_size: int,
+    seed: int,
+    samples_per_shard: int,
+    progress: Callable[[str], None] | None,
+    workers: int,
+) -> SplitInfo:
+    if workers <= 1:
+        samples = _split_samples(split, classes, per_class, image_size, seed, progress)
+        return write_split_shards(root, split, samples, samples_per_shard)
+    shards = -(-sum(per_class) // samples_per_shard)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    tasks = [(root, split, i, samples_per_shard, classes, per_class, image_size, seed) for i in range(shards)]
+    # fork: the workers need nothing but this module, already imported
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        counts = list(pool.map(_render_shard, tasks))
+    if progress is not None:
+        progress(f"[make-demo-data] {split}: {sum(counts)} images in {shards} shards ({workers} processes)")
+    return SplitInfo(num_samples=sum(counts), shards=[shard_relpath(split, i) for i in range(shards)])
+
+
 def make_demo_dataset(
     out: str,
     num_classes: int = 24,
@@ -104,8 +148,10 @@ def make_demo_dataset(
     overwrite: bool = False,
     progress: Callable[[str], None] | None = print,
     profile: str = "balanced",
+    workers: int = 1,
 ) -> Manifest:
-    """Render the demo dataset into `out` and return its manifest (see the module docstring)."""
+    """Render the demo dataset into `out` and return its manifest (see the module docstring); `workers` > 1
+    renders each split's shards in that many processes (the same bytes, sooner)."""
     if val_per_class < 0 or test_per_class < 0:
         raise ValueError(
             f"val_per_class and test_per_class must be >= 0, got {val_per_class}, {test_per_class}"
@@ -130,8 +176,9 @@ def make_demo_dataset(
         ("val", [val_per_class] * num_classes),
         ("test", [test_per_class] * num_classes),
     ):
-        samples = _split_samples(split, classes, per_class, image_size, seed, progress)
-        splits[split] = write_split_shards(root, split, samples, samples_per_shard)
+        splits[split] = _write_split(
+            root, split, classes, per_class, image_size, seed, samples_per_shard, progress, workers
+        )
     rows = write_corpus(root / "text", classes, seed)
     if progress is not None:
         progress(f"[make-demo-data] text: {num_classes} class descriptions, {rows} labelled sentences")
