@@ -12,7 +12,8 @@ import sys
 from typing import Any
 
 from pipelines.common import parse_args, prepare_run
-from system.export import MODEL_FILE, find_checkpoint
+from system.checkpoint import MODEL_FILE
+from system.export import find_checkpoint
 from system.finetune import shot_accuracy_at
 from system.report import accuracy_table
 

@@ -12,11 +12,8 @@ from typing import Any
 
 import torch
 
+from system.checkpoint import META_FILE, MODEL_FILE
 from system.models import encoder_state
-
-# A stage-1 checkpoint directory holds these beside DeepSpeed's files (written by ray_pretrain).
-MODEL_FILE = "model.pt"
-META_FILE = "meta.json"
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -22,10 +22,10 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from system.checkpoint import META_FILE, MODEL_FILE, weights_only_loads
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.ds_config import deepspeed_config, skip_single_rank_allreduce, warmup_cosine
-from system.export import META_FILE, MODEL_FILE  # the checkpoint layout, shared with export
 from system.heads import leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss
 from system.models import add_class_head, create_clip, preprocess_for
@@ -113,7 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
+        with checkpoint.as_directory() as ckpt_dir, weights_only_loads():  # storage cannot run code here
             engine.load_checkpoint(ckpt_dir)
             meta = json.loads((Path(ckpt_dir) / META_FILE).read_text())
         step = meta["step"]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from ray import tune
 
+from system.checkpoint import MODEL_FILE
 from system.config import Config, ConfigError, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.diagnostics import centroid_geometry, geometry_summary
@@ -40,7 +41,7 @@ from system.finetune import (
 from system.heads import positive_bias
 from system.ray_data import configure_data_context, extract_features
 from system.ray_monitor import EpochReports
-from system.ray_pretrain import MODEL_FILE, run_stage1
+from system.ray_pretrain import run_stage1
 from system.ray_reader import ledger_summary, new_ledger
 from system.spaces import Space, split_space
 

@@ -64,7 +64,8 @@ class MiniLMEncoder:
 def checkpoint_file(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """A stage-1 weights file and what it records (arch, image_size) from a .safetensors file, a model.pt,
     a checkpoint directory or a run directory (stage1.json)."""
-    from system.export import META_FILE, MODEL_FILE, find_checkpoint
+    from system.checkpoint import META_FILE, MODEL_FILE
+    from system.export import find_checkpoint
 
     p = Path(path)
     if p.is_file() and p.suffix == ".safetensors":
