@@ -385,11 +385,26 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError(
             f"sweep.asha_grace_epochs: must be <= train.epochs ({cfg.train.epochs}), got {cfg.sweep.asha_grace_epochs}"
         )
-    for name in cfg.train.worker_env:
-        if _SECRET_NAME.search(str(name)):
+    if not RUN_NAME_RE.match(cfg.run.name):
+        # One rule for every entry point: the name is a directory under run.output_dir, a Ray Train/Tune run
+        # name and part of a submission id, so no path separators and no leading dot.
+        raise ConfigError(
+            f"run.name: {cfg.run.name!r} must be 1-63 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    for name, value in cfg.train.worker_env.items():
+        if SECRET_NAME_RE.search(name):
             raise ConfigError(
                 f"train.worker_env.{name}: looks like a secret; configs are saved in every run directory, so "
                 "pass it through the cluster's environment or secret store instead"
+            )
+        if name in WORKER_ENV_DENIED or name.startswith(("LD_", "DYLD_")):
+            raise ConfigError(
+                f"train.worker_env.{name}: not settable from a config (it changes which code the workers load)"
+            )
+        if not isinstance(value, str):
+            raise ConfigError(
+                f'train.worker_env.{name}: must be a string (quote it: {name}: "{value}"), got {value!r}'
             )
     from system.text.filter import SCORERS  # local import: the filter module is heavier than the config
 
@@ -404,7 +419,73 @@ def _validate_cross(cfg: Config) -> None:
             raise ConfigError(f"data.{key}: must be a local path (no URLs), got {getattr(cfg.data, key)!r}")
 
 
-_SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|API_KEY|PRIVATE_KEY)", re.I)
+# Names of environment variables whose values are secrets (whole `_`-separated words, so TOKENIZERS_PARALLELISM is
+# not one): refused in train.worker_env here and in a job's runtime_env by `uniproto submit`.
+SECRET_NAME_RE = re.compile(
+    r"(^|_)(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE|KEY|API_?KEY|ACCESS_?KEY|SESSION_?KEY)(_|$)",
+    re.I,
+)
+# Variables that decide which code a worker process loads: never from a config.
+WORKER_ENV_DENIED = frozenset(
+    {
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONUSERBASE",
+        "PYTHONEXECUTABLE",
+        "PATH",
+        "BASH_ENV",
+        "ENV",
+    }
+)
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML data with no aliases and no duplicate keys, or raise ConfigError saying why.
+
+    Aliases are refused before anything is built: a few hundred bytes of nested aliases expand to gigabytes
+    (and a recursive one never ends), and no config, space or runtime env of ours needs them.
+    """
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise ConfigError(f"YAML aliases (*name) are not accepted (line {mark.line + 1})")
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's data (parse_yaml's rules); ConfigError names the file: missing, not UTF-8, not valid."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    try:
+        return parse_yaml(text)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -416,8 +497,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: bad key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
+        value = parse_yaml(raw) if raw.strip() else ""
+    except ConfigError as e:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
     return key.split("."), value
 
@@ -465,10 +546,7 @@ def load_config(path: str | Path | None, overrides: Iterable[str] | dict[str, An
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        data = read_yaml(p) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
     try:

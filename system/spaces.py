@@ -19,9 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from system.config import Config, ConfigError, config_from_dict, is_config_key
+from system.config import Config, ConfigError, config_from_dict, is_config_key, read_yaml
 
 KINDS = {"grid", "choice", "uniform", "loguniform", "quniform", "randint"}
 # Keys evaluated on each trial's stored logits instead of trained per value.
@@ -62,7 +60,7 @@ def load_space(path: str | Path, base: Config | None = None) -> Space:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"sweep.space: search space file not found: {p}")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = read_yaml(p) or {}
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{p}: a search space is a non-empty mapping of config keys to distributions")
     base_dict = (base or Config()).to_dict()

@@ -45,21 +45,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from system.config import Config, ConfigError, load_config
+from system.config import SECRET_NAME_RE, Config, ConfigError, load_config, read_yaml
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = Path("cluster") / "runtime_env.yaml"
 CONSTRAINTS_FILE = Path("cluster") / "constraints.txt"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-# Names of environment variables whose values are secrets: refused as runtime_env env_vars, and their values are
-# searched for in everything a job carries.
-SECRET_NAME_RE = re.compile(
-    r"(^|_)(SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE|KEY|API_?KEY|ACCESS_?KEY|SESSION_?KEY)(_|$)",
-    re.I,
-)
 STORAGE_SCHEMES = {"s3", "gs", "gcs", "abfs", "abfss", "az", "hdfs"}
 META_PREFIX = "uniproto_"
 
@@ -143,7 +134,10 @@ def git_info(workdir: Path) -> dict[str, str]:
 def load_runtime_env_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SubmitError(f"runtime_env file not found: {path}")
-    env = yaml.safe_load(path.read_text()) or {}
+    try:
+        env = read_yaml(path) or {}
+    except ConfigError as e:
+        raise SubmitError(str(e)) from None
     if not isinstance(env, dict):
         raise SubmitError(f"{path}: top level must be a mapping (a Ray runtime_env)")
     for name, value in (env.get("env_vars") or {}).items():
@@ -257,12 +251,7 @@ def cluster_path_overrides(
     the working dir, not this directory). Remote: relative paths are refused (they would land in that temporary
     copy), storage must be set, and what can be checked from here is. Raises ConfigError naming the key.
     """
-    out: dict[str, str] = {}
-    if not RUN_NAME_RE.match(cfg.run.name):
-        raise ConfigError(
-            f"run.name: {cfg.run.name!r} must be 1-63 characters of letters, digits, '.', '_' or '-' "
-            "(it names the run directory, the Ray Train/Tune runs and the submission id)"
-        )
+    out: dict[str, str] = {}  # run.name's rule is the config's own (system.config.RUN_NAME_RE)
 
     root = cfg.data.root
     if _is_url(root):

@@ -43,6 +43,12 @@ def test_overrides_are_typed_by_yaml():
     assert cfg.data.attribute_prompts is False
 
 
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "", "x" * 64, "a b"])
+def test_run_name_is_one_path_component_for_every_entry_point(name):
+    with pytest.raises(ConfigError, match=r"run\.name: .* must be 1-63 characters"):
+        load_config(None, {"run.name": name})
+
+
 def test_gpu_numerics_defaults_and_what_one_worker_allows():
     cfg = Config()
     assert cfg.loss.local_loss and cfg.loss.gather_with_grad  # exact and memory-lean by default
@@ -100,6 +106,35 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(bad)
 
 
+def test_hostile_yaml_is_refused_by_name_before_anything_expands(tmp_path):
+    import time
+
+    bomb = tmp_path / "bomb.yaml"  # ten levels of ten aliases: 10**10 leaves if it were expanded
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    bomb.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: YAML aliases \(\*name\) are not accepted \(line 2\)"):
+        load_config(bomb)
+    assert time.perf_counter() - t0 < 1.0
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  epochs: 3\n  epochs: 30\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: duplicate key 'epochs' \(line 3\)"):
+        load_config(dup)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"run:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text \(byte 16\)"):
+        load_config(latin)
+    with pytest.raises(ConfigError, match=r"--set run\.name: cannot parse value .*aliases"):
+        load_config(None, ["run.name=&a [*a]"])
+    space = tmp_path / "space.yaml"
+    space.write_text("loss.proto_temperature: {grid: [0.1]}\nloss.proto_temperature: {grid: [0.2]}\n")
+    from system.spaces import load_space
+
+    with pytest.raises(ConfigError, match=r"space\.yaml: duplicate key 'loss\.proto_temperature'"):
+        load_space(space)
+
+
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_override("train.epochs")
@@ -123,9 +158,23 @@ def test_is_config_key():
 
 def test_worker_env_from_set_and_secret_names_refused():
     cfg = load_config(
-        None, ["train.worker_env.NCCL_SOCKET_IFNAME=eth0", "train.worker_env.OMP_NUM_THREADS=2"]
+        None,
+        [
+            "train.worker_env.NCCL_SOCKET_IFNAME=eth0",
+            'train.worker_env.OMP_NUM_THREADS="2"',
+            "train.worker_env.TOKENIZERS_PARALLELISM=false_",  # a TOKEN word inside a longer word: no secret
+        ],
     )
-    assert cfg.train.worker_env == {"NCCL_SOCKET_IFNAME": "eth0", "OMP_NUM_THREADS": 2}
+    assert cfg.train.worker_env == {
+        "NCCL_SOCKET_IFNAME": "eth0",
+        "OMP_NUM_THREADS": "2",
+        "TOKENIZERS_PARALLELISM": "false_",
+    }
+    with pytest.raises(ConfigError, match=r"train\.worker_env\.OMP_NUM_THREADS: must be a string"):
+        load_config(None, ["train.worker_env.OMP_NUM_THREADS=2"])
+    for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PATH"):
+        with pytest.raises(ConfigError, match=rf"train\.worker_env\.{name}: not settable from a config"):
+            load_config(None, [f"train.worker_env.{name}=/tmp/x"])
     for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "WANDB_API_KEY"):
         with pytest.raises(ConfigError, match=rf"train\.worker_env\.{name}: looks like a secret"):
             load_config(None, [f"train.worker_env.{name}=x"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from system.data.decode import decode_batch, resample_factors
+from system.data.decode import decode_batch, resample_factors, row_label
 
 
 def _jpeg(colour, size=40) -> bytes:
@@ -48,6 +48,41 @@ def test_decode_resizes_and_skips_bad_rows(caplog):
         "missing_label": 1,
         "missing_image": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("raw", "label", "reason"),
+    [
+        (b'{"label": 2}', 2, None),
+        (b'{"label": 0, "class_name": "x"}', 0, None),
+        (None, -1, "missing_label"),
+        (b"{}", -1, "missing_label"),
+        (b"[1, 2]", -1, "missing_label"),
+        (b'{"label": 3.7}', -1, "bad_label"),
+        (b'{"label": -0.9}', -1, "bad_label"),
+        (b'{"label": true}', -1, "bad_label"),
+        (b'{"label": "3"}', -1, "bad_label"),
+        (b'{"label": 1e400}', -1, "bad_label"),
+        (b'{"label": null}', -1, "bad_label"),
+        (b'{"label": 1', -1, "bad_metadata"),
+        (b"\xff\xfe", -1, "bad_metadata"),
+        (b"[" * 200_000 + b"]" * 200_000, -1, "bad_metadata"),  # past the parser's recursion limit
+        (b'{"label": ' + b"9" * 5000 + b"}", -1, "bad_metadata"),  # past Python's int-digits limit
+    ],
+)
+def test_row_label_accepts_json_integers_only(raw, label, reason):
+    assert row_label(raw) == (label, reason)
+
+
+def test_bad_labels_are_counted_not_coerced():
+    good = _jpeg((0, 255, 0))
+    rows = [
+        {"__key__": k, "jpg": good, "txt": b"x", "json": j}
+        for k, j in (("a", b'{"label": 1}'), ("b", b'{"label": 1.0}'), ("c", b'{"label": "1"}'))
+    ]
+    out = decode_batch(_batch(rows), image_size=8, num_classes=3)
+    assert out["label"].tolist() == [1]
+    assert dict(decode_batch.last_skipped) == {"bad_label": 2}
 
 
 def test_decode_empty_result_keeps_shapes():

@@ -132,7 +132,6 @@ def test_local_cluster_paths_become_absolute(tiny_dataset):
             ["data.root=/d", "run.output_dir=/o", "ray.storage_path=relative/store"],
             r"ray\.storage_path: .*relative",
         ),
-        (["data.root=/d", "run.output_dir=/o", "ray.storage_path=/s", "run.name=../escape"], r"run\.name"),
         (
             ["data.root=/d", "run.output_dir=/o", "ray.storage_path=/s", "sweep.space=/etc/hostname"],
             r"sweep\.space",

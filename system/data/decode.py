@@ -15,7 +15,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from system.data.augment import Augment, decode_image, row_rng
-from system.data.faults import MISSING_TEXT, DataFault
+from system.data.faults import (
+    BAD_LABEL,
+    BAD_METADATA,
+    MISSING_LABEL,
+    MISSING_TEXT,
+    UNKNOWN_LABEL,
+    DataFault,
+)
 from system.data.row_draws import RowDraws, hash_words
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -44,6 +51,23 @@ def _first_image(row: dict) -> bytes | None:
         if v is not None:
             return v
     return None
+
+
+def row_label(raw_json) -> tuple[int, str | None]:
+    """The label of a sample's .json member and None, or (-1, the fault's reason). The label must be a JSON
+    integer: 3.7, true, "3" or 1e400 are bad labels, never coerced to a class."""
+    if raw_json is None:
+        return -1, MISSING_LABEL
+    try:
+        meta = json.loads(_as_text(raw_json))
+    except (ValueError, RecursionError):  # malformed, too many digits, or nested past the parser's stack
+        return -1, BAD_METADATA
+    if not isinstance(meta, dict) or "label" not in meta:
+        return -1, MISSING_LABEL
+    label = meta["label"]
+    if isinstance(label, bool) or not isinstance(label, int):
+        return -1, BAD_LABEL
+    return label, None
 
 
 def _as_text(v) -> str:
@@ -128,14 +152,11 @@ def decode_batch(
         if row.get("txt") is None:
             _skip(skipped, examples, MISSING_TEXT, row)
             continue
-        try:
-            meta = json.loads(_as_text(row.get("json"))) if row.get("json") is not None else {}
-            label = int(meta["label"])
-        except (ValueError, KeyError, TypeError):
-            _skip(skipped, examples, "missing_label", row)
-            continue
-        if not 0 <= label < num_classes:
-            _skip(skipped, examples, "unknown_label", row)
+        label, reason = row_label(row.get("json"))
+        if reason is None and not 0 <= label < num_classes:
+            reason = UNKNOWN_LABEL
+        if reason is not None:
+            _skip(skipped, examples, reason, row)
             continue
         aug_rng = (
             row_rng(

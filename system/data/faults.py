@@ -14,8 +14,10 @@ DUPLICATE_MEMBER = "duplicate_member"  # the same {key}.{ext} twice in a row of 
 NON_CONTIGUOUS_KEY = "non_contiguous_key"  # members of a key that reappear after other keys
 MISSING_IMAGE = "missing_image"
 MISSING_TEXT = "missing_text"
-MISSING_LABEL = "missing_label"
-UNKNOWN_LABEL = "unknown_label"
+MISSING_LABEL = "missing_label"  # no .json, or no "label" key in it
+BAD_METADATA = "bad_metadata"  # the .json is not valid JSON (or nests past the parser's depth)
+BAD_LABEL = "bad_label"  # "label" is not a JSON integer (3.7, true, "3", 1e400 are refused, never coerced)
+UNKNOWN_LABEL = "unknown_label"  # an integer outside [0, K)
 CORRUPT_IMAGE = "corrupt_image"
 
 # Shard-level reasons (the rest of the shard skipped, the other shards read on).

@@ -56,15 +56,15 @@ def word_forms(word: str) -> set[str]:
 
 def read_synonyms(path: str | os.PathLike, class_names: list[str]) -> dict[int, list[str]]:
     """label -> synonyms from a YAML/JSON mapping (module docstring); DatasetError names the file and key."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"synonyms file {p} does not exist")
+    from system.config import ConfigError, read_yaml
+
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
-    except yaml.YAMLError as err:
-        raise DatasetError(f"{p}: not valid YAML/JSON ({err})") from None
+        data = read_yaml(p)
+    except ConfigError as err:
+        raise DatasetError(str(err)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
