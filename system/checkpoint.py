@@ -12,9 +12,11 @@ and refuses any other global by name; the few DeepSpeed types its optimizer stat
 from __future__ import annotations
 
 import contextlib
+import json
 import pickle
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +40,16 @@ def _deepspeed_state_types() -> list[Any]:
     return [LossScaler, ZeroStageEnum, fragment_address]
 
 
+def _refused(e: Exception) -> str:
+    """What torch's weights-only unpickler refused, in one line (its message goes on to suggest
+    weights_only=False, which is exactly what must not be done with files from storage)."""
+    found = re.search(r"(Unsupported global|unsupported GLOBAL|Unsupported operand)[^\n]*", str(e))
+    if found:
+        return found.group(0).rstrip(".")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 @contextlib.contextmanager
 def weights_only_loads() -> Iterator[None]:
     """Inside this block every `torch.load` (DeepSpeed's included) is weights-only with DeepSpeed's state types
@@ -51,12 +63,9 @@ def weights_only_loads() -> Iterator[None]:
             with torch.serialization.safe_globals(allowed):
                 return original(f, *args, **kwargs)
         except pickle.UnpicklingError as e:
-            # torch's message goes on to suggest weights_only=False: keep only what was refused
-            found = re.search(r"(Unsupported global|unsupported GLOBAL|Unsupported operand)[^\n]*", str(e))
-            what = found.group(0).rstrip(".") if found else type(e).__name__
             raise CheckpointError(
-                f"checkpoint file {f}: refused ({what}); only tensors, plain values and DeepSpeed's own state "
-                "types are loaded from checkpoint storage"
+                f"checkpoint file {f}: refused ({_refused(e)}); only tensors, plain values and DeepSpeed's own "
+                "state types are loaded from checkpoint storage"
             ) from None
 
     torch.load = load
@@ -64,3 +73,51 @@ def weights_only_loads() -> Iterator[None]:
         yield
     finally:
         torch.load = original
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a consolidated `model.pt` or an exported `.safetensors` file, and its metadata (the
+    safetensors header's, or the `meta.json` beside a model.pt), never unpickling objects. CheckpointError names
+    the file: unreadable, not a tensor mapping, or holding a non-finite weight."""
+    p = Path(path)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            meta = _side_meta(p.parent / META_FILE)
+    except CheckpointError:
+        raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - corrupt files raise many types; each means "not loadable"
+        raise CheckpointError(f"{p}: not a readable weights file ({_refused(e)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{p}: not a mapping of parameter names to tensors")
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{p}: tensor {name} holds non-finite values (NaN or inf)")
+    return state, meta
+
+
+def _side_meta(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: must be a JSON object")
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def check_meta(meta: dict[str, str], path: str | Path, **expected: object) -> None:
+    """Refuse weights whose recorded metadata (arch, image_size, ...) differs from what the caller builds."""
+    for key, want in expected.items():
+        if want is not None and key in meta and str(meta[key]) != str(want):
+            raise CheckpointError(f"{path}: written for {key}={meta[key]}, but this run uses {key}={want}")

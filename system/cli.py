@@ -171,11 +171,12 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
+    from system.checkpoint import CheckpointError
     from system.export import export_safetensors
 
     try:
         summary = export_safetensors(a.checkpoint, a.out, a.overwrite)
-    except (FileNotFoundError, FileExistsError) as e:
+    except (FileNotFoundError, FileExistsError, CheckpointError) as e:
         print(f"uniproto export: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from system.checkpoint import META_FILE, MODEL_FILE
+from system.checkpoint import MODEL_FILE, CheckpointError, read_weights
 from system.models import encoder_state
 
 
@@ -23,7 +23,10 @@ def find_checkpoint(path: str | Path) -> Path:
         return p
     record = p / "stage1.json"
     if record.is_file():
-        ckpt = Path(json.loads(record.read_text())["checkpoint"])
+        try:
+            ckpt = Path(json.loads(record.read_text(encoding="utf-8"))["checkpoint"])
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise CheckpointError(f"{record}: no checkpoint path in it ({type(e).__name__}: {e})") from None
         if (ckpt / MODEL_FILE).is_file():
             return ckpt
         raise FileNotFoundError(f"{record}: its checkpoint {ckpt} has no {MODEL_FILE}")
@@ -40,8 +43,7 @@ def export_safetensors(checkpoint: str | Path, out: str | Path, overwrite: bool 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"--out {out} exists (pass --overwrite to replace it)")
-    state = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
-    meta = json.loads((ckpt / META_FILE).read_text()) if (ckpt / META_FILE).is_file() else {}
+    state, meta = read_weights(ckpt / MODEL_FILE)  # refuses pickled objects and non-finite weights
     # clone: tied weights share storage, which safetensors refuses; fp32 whatever the training precision was
     tensors = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in encoder_state(state).items()}
     info = {k: str(v) for k, v in meta.items()} | {"format": "uniproto-clip", "dtype": "float32"}

@@ -126,13 +126,15 @@ def encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(CLASS_HEAD + ".")}
 
 
-def load_state(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights written by the pretraining stage or `uniproto export` (never unpickles objects)."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+def load_state(
+    model: nn.Module, path: str | Path, arch: str | None = None, image_size: int | None = None
+) -> nn.Module:
+    """Load weights written by the pretraining stage or `uniproto export` (never unpickles objects). With
+    `arch` / `image_size`, weights recorded for another architecture or input size are refused by name, as are
+    non-finite weights (system.checkpoint.CheckpointError)."""
+    from system.checkpoint import check_meta, read_weights
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state, meta = read_weights(path)
+    check_meta(meta, path, arch=arch, image_size=image_size)
     model.load_state_dict(encoder_state(state))
     return model

@@ -197,7 +197,7 @@ class FeatureEncoder:
         from system.models import create_clip, load_state, preprocess_for
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        self.model = load_state(create_clip(arch, None, image_size), weights).eval()
+        self.model = load_state(create_clip(arch, None, image_size), weights, arch, image_size).eval()
         self.preprocess = preprocess_for(self.model)
         self.precision = precision
 

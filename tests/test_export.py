@@ -74,6 +74,58 @@ def test_pretrained_from_a_local_torch_file_and_missing_file(tmp_path):
         create_clip(ARCH, str(tmp_path / "missing" / "w.pt"), 32)
 
 
+def test_export_and_load_refuse_bad_inputs_by_name(checkpoint, tmp_path, capsys):
+    import os
+
+    from system.checkpoint import CheckpointError
+
+    d, state = checkpoint
+    out = tmp_path / "m.safetensors"
+    assert main(["export", "--checkpoint", str(d), "--out", str(out)]) == 0
+    capsys.readouterr()
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: written for arch=uniproto-tiny-rn, but"):
+        load_state(create_clip("uniproto-tiny-vit", None, 32), out, arch="uniproto-tiny-vit", image_size=32)
+    with pytest.raises(CheckpointError, match=r"written for image_size=32, but this run uses image_size=64"):
+        load_state(create_clip(ARCH, None, 64), out, arch=ARCH, image_size=64)
+
+    cases = {  # name: (model.pt content, what the one-line error says)
+        "nan": (
+            {k: (v.float().fill_(float("nan")) if k == "logit_scale" else v) for k, v in state.items()},
+            "tensor logit_scale holds non-finite values",
+        ),
+        "payload": ({"module": _Payload(tmp_path / "ran")}, "not a readable weights file"),
+        "garbage": (None, "not a readable weights file"),
+        "not_tensors": ({"w": [1, 2, 3]}, "not a mapping of parameter names to tensors"),
+    }
+    for name, (content, says) in cases.items():
+        bad = tmp_path / name
+        bad.mkdir()
+        if content is None:
+            (bad / "model.pt").write_bytes(b"\x80\x04not a pickle at all")
+        else:
+            torch.save(content, bad / "model.pt")
+        assert main(["export", "--checkpoint", str(bad), "--out", str(tmp_path / f"{name}.st")]) == 2
+        err = capsys.readouterr().err
+        assert f"{bad / 'model.pt'}: {says}" in err and "Traceback" not in err, (name, err)
+    assert not (tmp_path / "ran").exists()  # the payload never ran
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stage1.json").write_text("{not json")
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "x.st")]) == 2
+    assert "stage1.json: no checkpoint path in it" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x.st")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_frozen_teacher_and_its_logits(tmp_path):
     from system.config import config_from_dict
     from system.losses import Stage1Loss

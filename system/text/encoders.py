@@ -115,7 +115,7 @@ class ClipTextEncoder:
         else:
             with _quiet_random_init():  # the weights come right after; open_clip's warning would mislead
                 self.model = create_clip(arch, None, image_size).eval()
-            load_state(self.model, weights)
+            load_state(self.model, weights, arch, image_size)
         self.tokenizer = tokenizer_for(arch)
         self.preprocess = preprocess_for(self.model)
         self.batch_size = batch_size
