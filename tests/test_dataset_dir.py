@@ -122,9 +122,18 @@ def test_manifest_refusals_name_file_and_field(tmp_path, edit, message):
     assert str(tmp_path / "manifest.json") in str(err.value)
 
 
-def test_invalid_json_is_reported_with_the_path(tmp_path):
-    (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(DatasetError, match="is not valid JSON"):
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", r"manifest\.json is not valid JSON"),
+        (b'{"name": "caf\xe9"}', r"manifest\.json: not UTF-8 text \(byte 13\)"),
+        (b"[" * 100_000 + b"]" * 100_000, r"manifest\.json is not valid JSON \(RecursionError"),
+        (b"[1, 2]", r"manifest\.json: the manifest must be a JSON object"),
+    ],
+)
+def test_invalid_manifests_are_reported_with_the_path(tmp_path, raw, message):
+    (tmp_path / "manifest.json").write_bytes(raw)
+    with pytest.raises(DatasetError, match=message):
         load_manifest(tmp_path)
 
 

@@ -182,6 +182,23 @@ def write_manifest(root: str | os.PathLike, manifest: Manifest) -> str:
     return str(path)
 
 
+def parse_manifest(raw: bytes, path: Any) -> Manifest:
+    """A manifest from the bytes of `path`; every way it can be wrong is a DatasetError naming the file:
+    not UTF-8, not JSON, nested past the parser's stack, or a field the contract refuses."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # too many digits in a number; nesting past the stack
+        raise DatasetError(f"{path} is not valid JSON ({type(err).__name__}: {err})") from None
+    try:
+        return Manifest.from_dict(data)
+    except DatasetError as err:
+        raise DatasetError(f"{path}: {err}") from None
+
+
 def load_manifest(root: str | os.PathLike) -> Manifest:
     """Load and validate `<root>/manifest.json`, checking that every listed shard and the text folder exist.
     `root` may be an object-store URL (s3://bucket/ds): read through system.data.shard_spec's filesystems."""
@@ -195,14 +212,7 @@ def load_manifest(root: str | os.PathLike) -> Manifest:
             f"no dataset manifest at {path}. Point the config at a dataset directory, or create the demo "
             f"dataset with: uniproto make-demo-data --out DIR"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON: {err}") from None
-    try:
-        manifest = Manifest.from_dict(data)
-    except DatasetError as err:
-        raise DatasetError(f"{path}: {err}") from None
+    manifest = parse_manifest(path.read_bytes(), path)
     for split, info in manifest.splits.items():
         for i, rel in enumerate(info.shards):
             if not (Path(root) / rel).is_file():

@@ -21,7 +21,6 @@ AWS_REGION (and ~/.aws, instance roles); gs reads the Google application-default
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from system.data.dataset_dir import MANIFEST_NAME, DatasetError, Manifest
+from system.data.dataset_dir import MANIFEST_NAME, DatasetError, Manifest, parse_manifest
 
 log = logging.getLogger(__name__)
 SCHEMES = ("s3", "gs", "gcs")
@@ -139,17 +138,14 @@ def load_remote_manifest(root: str) -> Manifest:
     shards are checked to exist (one request each on an object store)."""
     path = join(root, MANIFEST_NAME)
     try:
-        text = read_text(path)
+        fs, p = filesystem_for(path)
+        with fs.open_input_stream(p) as f:
+            raw = f.read()
     except FileNotFoundError:
         raise DatasetError(f"no dataset manifest at {path}") from None
     except OSError as e:
         raise DatasetError(f"cannot read {path}: {e}") from None
-    try:
-        manifest = Manifest.from_dict(json.loads(text))
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path} is not valid JSON: {e}") from None
-    except DatasetError as e:
-        raise DatasetError(f"{path}: {e}") from None
+    manifest = parse_manifest(raw, path)
     for split, info in manifest.splits.items():
         urls = [join(root, rel) for rel in info.shards]
         for i, ok in enumerate(exists(urls)):
