@@ -61,7 +61,7 @@ SMOKE_PRESET: dict[str, Any] = {
     "precision": "bf16", "device": "cpu", "classes": 6, "n_max": 60, "samples_per_shard": 16,
     "budget_s": 1500.0,
     "budgets": {"env": 120, "dataset": 120, "bare": 240, "peer": 300, "ours": 420, "resume": 300},
-    # 2 cores: the demo's convention (FIELD_NOTES' 2-core hang), as bench_train.ours_overrides sets it
+    # 2 cores: the demo's convention (the 2-core hang of docs/stack-notes.md), as bench_train.ours_overrides sets it
     "ours_sets": [], "ray_cpus_per_core": 2,
 }  # fmt: skip
 MIN_PART_S = 20.0  # a part is skipped when less than this is left of the budget

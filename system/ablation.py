@@ -1,4 +1,4 @@
-"""The ablation's variants and its statistics (METHOD.md, "Ablation protocol"). Plain numpy, no Ray.
+"""The ablation's variants and its statistics (docs/method.md, "Evaluation protocol"). Plain numpy, no Ray.
 
 Each *arm* is one stage-1 recipe trained with several seeds; each *variant* is an arm read with one classifier
 rule. `text_filter` and `full` share their arm (same stage 1): they differ only in the stage-2 classifier, the

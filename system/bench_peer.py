@@ -1,6 +1,6 @@
 """The peer of `uniproto benchmark train`: open_clip's own trainer (`open_clip_train`) in its own environment.
 
-`open_clip_train` breaks on webdataset 1.0.x (FIELD_NOTES: `KeyError: 'fname'`) and works with webdataset==0.2.86.
+`open_clip_train` breaks on webdataset 1.0.x (docs/stack-notes.md: `KeyError: 'fname'`) and works with webdataset==0.2.86.
 The peer environment is a venv built once and cached (`~/.cache/uniproto/peer-env-<hash>`): a `.pth` file puts our
 venv's site-packages on its path (torch and open_clip are shared, nothing big is reinstalled), and webdataset 0.2.86
 is installed into the env's own site-packages, which comes first on sys.path and so shadows our 1.0.2.

@@ -11,7 +11,7 @@ process tree confined to the same N cores (CPU affinity):
   for-loop one). On one node, data parallelism over processes costs a gradient exchange and a replicated
   optimizer step per rank (2 workers x 1 thread: a third fewer samples/s than 1 x 2 on 2 cores), and ZeRO's
   partitioning saves accelerator memory but on CPU only adds flatten/copy work (ZeRO-1: 40-50% longer steps, one rank).
-  Ray gets 2N logical CPUs (the demo's convention on 2 cores, FIELD_NOTES' 2-core hang); each Train worker holds
+  Ray gets 2N logical CPUs (the demo's convention on 2 cores, the 2-core hang of docs/stack-notes.md); each Train worker holds
   N/workers of them, so Ray sets its torch threads (OMP_NUM_THREADS) to that: N compute threads in all; decode
   and the text filter run in Ray Data on the same cores.
 * **peer**: `open_clip_train` (its CLIP contrastive loss, AdamW, webdataset loader), one process with

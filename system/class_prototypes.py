@@ -1,5 +1,5 @@
 """Fixed class prototypes for stage 1: uniform on the sphere, assigned to classes, saved with the class order
-(METHOD.md)."""
+(docs/method.md)."""
 
 from __future__ import annotations
 

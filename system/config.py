@@ -70,6 +70,10 @@ class DataSection:
     # shards (missing, unreadable, not a tar, truncated, empty) are skipped and counted into the reports; strict:
     # the first one stops the run with an error naming the shard and key
     strict: bool = False
+    # A tar member declaring more bytes than this is never read into memory: its bytes are passed over and its
+    # sample counted as oversized_member (a shard's header cannot make a read task allocate what it claims).
+    # 64 MiB is far above any real image; a gzip shard of a few hundred KB can declare gigabytes.
+    max_member_bytes: int = knob(64 * 2**20, lo=1)
     # Train-stream augmentation in the decode stage (val/test/features stay a plain resize): a random-resized
     # crop with area fraction in [crop_scale_min, crop_scale_max] and aspect ratio in [crop_ratio_min,
     # crop_ratio_max] (log-uniform), flipped left-right with probability flip_prob. Seeded from run.seed per row.
@@ -178,8 +182,9 @@ class EvalSection:
     few_threshold: int = knob(20, lo=1)  # few-shot: n_c < few_threshold
     select_split: str = "val"  # hyperparameters are chosen here ...
     report_split: str = "test"  # ... and numbers reported here, never the reverse
-    # Stage-1 probe: zero-shot top-1 on this many selection-split images after every epoch (0 = off). It is the
-    # per-epoch sweep metric that ASHA stops trials on and Optuna sees.
+    # Stage-1 probe on this many selection-split images after every epoch (0 = off): its leave-one-out
+    # nearest-class-mean top-1 is the per-epoch sweep metric that ASHA stops trials on and Optuna sees (zero-shot
+    # top-1 against the class-name prompts is reported beside it).
     stage1_val_samples: int = knob(512, lo=0)
 
 

@@ -1,4 +1,4 @@
-"""Feature-space diagnostics (METHOD.md's motivation made measurable): how far apart class centroids sit, for
+"""Feature-space diagnostics (docs/method.md's motivation made measurable): how far apart class centroids sit, for
 head and tail classes, before and after stage 1; and the stage-2 head's positive bias. Plain torch/numpy.
 
 Long-tailed training spreads head classes and crowds tail classes: the mean tail-to-tail centroid distance

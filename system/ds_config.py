@@ -12,7 +12,7 @@ def deepspeed_config(train: TrainSection, optim: OptimSection) -> dict[str, Any]
     """The dict passed to `deepspeed.initialize`.
 
     `train_batch_size` is left out on purpose: DeepSpeed derives it from micro-batch x accumulation x world
-    size, so the same config survives a change of worker count (FIELD_NOTES). No "optimizer" block: we pass a
+    size, so the same config survives a change of worker count (docs/stack-notes.md). No "optimizer" block: we pass a
     torch AdamW, which avoids DeepSpeed JIT-compiling its fused C++ Adam.
     """
     cfg: dict[str, Any] = {

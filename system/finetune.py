@@ -1,7 +1,7 @@
 """Stage 2 on frozen stage-1 features: class-feature prototypes + learnable head, blended with lambda.
 
 Plain torch/numpy. lambda only changes inference, so we keep both branches' logits for the selection and report
-splits: the whole lambda curve costs no retraining (METHOD.md).
+splits: the whole lambda curve costs no retraining (docs/method.md).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def select_lambda(
 def shot_accuracy_at(
     logits: BranchLogits, lam: float, train_counts: list[int], eval_cfg: EvalSection
 ) -> dict[str, Any]:
-    """Top-1 overall and by shot group of the blended classifier at `lam` (METHOD.md's protocol)."""
+    """Top-1 overall and by shot group of the blended classifier at `lam` (docs/method.md's protocol)."""
     preds = blended_predictions(logits, lam)
     return shot_accuracy(preds, logits.labels, train_counts, eval_cfg.many_threshold, eval_cfg.few_threshold)
 

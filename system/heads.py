@@ -1,4 +1,4 @@
-"""Stage 2: the class-feature-prototype-guided classifier (METHOD.md).
+"""Stage 2: the class-feature-prototype-guided classifier (docs/method.md).
 
 A learnable head on frozen image features, blended with a cosine classifier on class-mean feature prototypes:
 z = (1 - lam) * head(f) + lam * s_p * cos(f, mu_c). lam only changes inference, so the whole lambda curve is

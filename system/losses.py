@@ -1,9 +1,9 @@
-"""Stage-1 losses (METHOD.md): class-wise image-text contrastive, prototype-guided matching, distillation.
+"""Stage-1 losses (docs/method.md): class-wise image-text contrastive, prototype-guided matching, distillation.
 
 All features are L2-normalised. `Stage1Loss` returns a dict of weighted `*_loss` terms; the training step sums
 every key ending in `_loss`, so adding a term never touches the loop.
 
-Weights follow METHOD.md's L = (1 - beta) L_con + beta L_distill + lambda_p L_proto: `distill_weight` is beta,
+Weights follow docs/method.md's L = (1 - beta) L_con + beta L_distill + lambda_p L_proto: `distill_weight` is beta,
 and when it is > 0 the contrastive term is scaled by (1 - beta) on top of `contrastive_weight`.
 
 Image-text logits always have this rank's rows (local loss: b, global loss: B) and the global batch as columns

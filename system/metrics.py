@@ -1,4 +1,4 @@
-"""Evaluation protocol of METHOD.md: top-1 overall and by shot group (many / medium / few training images)."""
+"""Evaluation protocol of docs/method.md: top-1 overall and by shot group (many / medium / few training images)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Model factory over open_clip: any architecture name, our small CPU configs, pretrained tag or local file.
 
-DeepSpeed's `_broadcast_model` cannot handle 0-dim parameters (FIELD_NOTES), so every model built here keeps
+DeepSpeed's `_broadcast_model` cannot handle 0-dim parameters (docs/stack-notes.md), so every model built here keeps
 its learnable scalars (logit_scale, logit_bias) as 1-element tensors.
 """
 

@@ -1,7 +1,7 @@
 """The stage-1 optimizer: AdamW with open_clip's weight-decay groups, torch's fused kernel by default.
 
 Plain torch (no Ray, no DeepSpeed): DeepSpeed gets this optimizer instead of building its own, which avoids
-JIT-compiling its C++ Adam (FIELD_NOTES), and `benchmark train`'s bare loop uses the same one.
+JIT-compiling its C++ Adam (docs/stack-notes.md), and `benchmark train`'s bare loop uses the same one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Uniformly distributed class prototypes on the unit sphere (METHOD.md, stage 1).
+"""Uniformly distributed class prototypes on the unit sphere (docs/method.md, stage 1).
 
 K unit vectors in R^d with the largest pairwise cosine as small as possible (a spherical code), by regime:
 

@@ -26,7 +26,7 @@ from system.text.scorers import scorer_options
 
 def configure_data_context(cfg: Config) -> None:
     ctx = ray.data.DataContext.get_current()
-    # Fail in minutes, not after Ray's 30-minute default, when the pipeline is starved (FIELD_NOTES).
+    # Fail in minutes, not after Ray's 30-minute default, when the pipeline is starved (docs/stack-notes.md).
     ctx.execution_no_progress_timeout_s = float(cfg.ray.no_progress_timeout_s)
     ctx.enable_progress_bars = cfg.ray.data_progress_bars
 
@@ -52,12 +52,20 @@ def read_split(
     strict: bool = False,
     num_cpus: float | None = None,
     rows_per_block: int | None = None,
+    max_member_bytes: int | None = None,
 ) -> ray.data.Dataset:
     """Raw rows (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json` bytes) of a list of tar shards (local
     paths or s3:// / gs:// URLs; `filesystem` defaults to the first path's), one read task per shard.
-    Faulty samples and shards are skipped and recorded in `ledger` (or raise DataFault with `strict`)."""
+    Faulty samples and shards are skipped and recorded in `ledger` (or raise DataFault with `strict`);
+    members over `max_member_bytes` (default: the reader's 64 MiB) are skipped unread."""
     return read_shards(
-        list(paths), filesystem, ledger, strict, num_cpus=num_cpus, rows_per_block=rows_per_block
+        list(paths),
+        filesystem,
+        ledger,
+        strict,
+        num_cpus=num_cpus,
+        rows_per_block=rows_per_block,
+        max_member_bytes=max_member_bytes,
     )
 
 
@@ -86,6 +94,7 @@ def decoded_split(
         strict=cfg.data.strict,
         num_cpus=cfg.data.decode_cpus,
         rows_per_block=cfg.data.decode_batch_size,
+        max_member_bytes=cfg.data.max_member_bytes,
     )
     if sample_fraction is not None and sample_fraction < 1.0:
         # Sample raw rows before decoding: only the kept images are decoded. Seeded, so every trial of a

@@ -1,6 +1,6 @@
 """Stage 1 on Ray Train: one DeepSpeed engine per worker, fed by the streaming Ray Data pipeline.
 
-Checkpoints follow the ZeRO pattern (FIELD_NOTES): every rank saves its files into a local directory, then every
+Checkpoints follow the ZeRO pattern (docs/stack-notes.md): every rank saves its files into a local directory, then every
 rank calls `ray.train.report(..., checkpoint=...)`, and Ray merges the rank files. Rank 0 also writes a
 consolidated `model.pt` so stage 2 needs no DeepSpeed to read the encoder.
 """
@@ -348,7 +348,7 @@ def _end_epoch(
 
 
 def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int) -> None:
-    """ZeRO checkpoint: every rank saves its files, then every rank reports (FIELD_NOTES); Ray merges them."""
+    """ZeRO checkpoint: every rank saves its files, then every rank reports (docs/stack-notes.md); Ray merges them."""
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=f"step{metrics['step']}")
         engine.save_16bit_model(tmp, MODEL_FILE)  # consolidated weights (rank 0 writes)
@@ -365,7 +365,7 @@ def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int) ->
 
 
 def _frozen_teacher(cfg: Config, device) -> torch.nn.Module:
-    """The pretrained model, frozen: the distillation target (METHOD.md, beta)."""
+    """The pretrained model, frozen: the distillation target (docs/method.md, beta)."""
     teacher = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -389,7 +389,7 @@ def build_trainer(
     class_names: list[str] | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for stage 1. Running it again with the same name and storage resumes (Train V2)."""
-    # Workers inherit the driver's environment only on a local Ray (FIELD_NOTES): pass what they need.
+    # Workers inherit the driver's environment only on a local Ray (docs/stack-notes.md): pass what they need.
     env = {k: str(v) for k, v in cfg.train.worker_env.items()}
     if not cfg.train.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # the process-group backend follows use_gpu: gloo on CPU, NCCL on GPU

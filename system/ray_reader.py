@@ -31,12 +31,19 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from system.data.shard_spec import filesystem_for, fs_path
-from system.data.tar_stream import ROWS_PER_BLOCK, ShardTally, blocks, iter_samples, open_fault
+from system.data.tar_stream import (
+    MAX_MEMBER_BYTES,
+    ROWS_PER_BLOCK,
+    ShardTally,
+    blocks,
+    iter_samples,
+    open_fault,
+)
 
 
 @ray.remote(
     num_cpus=0
-)  # bookkeeping only: never takes a CPU from the data pipeline (FIELD_NOTES' 2-core hang)
+)  # bookkeeping only: never takes a CPU from the data pipeline (the 2-core hang of docs/stack-notes.md)
 class DataLedger:
     """Skip counts of one pipeline run, by unit of work (see the module docstring)."""
 
@@ -87,9 +94,18 @@ def ledger_summary(ledger: ray.actor.ActorHandle | None) -> dict[str, Any] | Non
 class _ReadShard:
     """One read task: stream one shard, yield blocks of raw rows, record the tally in the ledger."""
 
-    def __init__(self, index: int, url: str, fs: pafs.FileSystem, ledger, strict: bool, rows_per_block: int):
+    def __init__(
+        self,
+        index: int,
+        url: str,
+        fs: pafs.FileSystem,
+        ledger,
+        strict: bool,
+        rows_per_block: int,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
+    ):
         self.index, self.url, self.fs, self.ledger = index, url, fs, ledger
-        self.strict, self.rows_per_block = strict, rows_per_block
+        self.strict, self.rows_per_block, self.max_member_bytes = strict, rows_per_block, max_member_bytes
 
     def __call__(self) -> Iterator[pa.Table]:
         tally = ShardTally(self.url, self.index)
@@ -101,7 +117,8 @@ class _ReadShard:
             self._record(tally)
             return
         with stream:
-            yield from blocks(iter_samples(stream, tally, self.strict), self.rows_per_block)
+            samples = iter_samples(stream, tally, self.strict, self.max_member_bytes)
+            yield from blocks(samples, self.rows_per_block)
         self._record(tally)
 
     def _record(self, tally: ShardTally) -> None:
@@ -119,11 +136,13 @@ class ShardSource(Datasource):
         ledger=None,
         strict: bool = False,
         rows_per_block: int = ROWS_PER_BLOCK,
+        max_member_bytes: int = MAX_MEMBER_BYTES,
     ):
         super().__init__()
         self.urls = list(urls)
         self.filesystem = filesystem if filesystem is not None else filesystem_for(self.urls[0])[0]
         self.ledger, self.strict, self.rows_per_block = ledger, strict, rows_per_block
+        self.max_member_bytes = max_member_bytes
 
     def get_name(self) -> str:
         return "ReadShards"
@@ -137,7 +156,15 @@ class ShardSource(Datasource):
         # One task per listed shard whatever `parallelism` says: a task is the unit of fault and of retry.
         return [
             ReadTask(
-                _ReadShard(i, url, self.filesystem, self.ledger, self.strict, self.rows_per_block),
+                _ReadShard(
+                    i,
+                    url,
+                    self.filesystem,
+                    self.ledger,
+                    self.strict,
+                    self.rows_per_block,
+                    self.max_member_bytes,
+                ),
                 BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=[url]),
                 per_task_row_limit=per_task_row_limit,
             )
@@ -152,14 +179,24 @@ def read_shards(
     strict: bool = False,
     num_cpus: float | None = None,
     rows_per_block: int | None = None,
+    max_member_bytes: int | None = None,
 ) -> ray.data.Dataset:
     """Raw rows (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json`) of tar shards, one task per shard.
     `num_cpus`: logical CPUs per read task (Ray's default 1); give the decode stage's, so read and decode
     fuse into one task (Ray Data fuses only tasks with the same resources). `rows_per_block`: rows per block
-    the reader yields (a fused map with no batch size sees each block as one batch)."""
+    the reader yields (a fused map with no batch size sees each block as one batch). `max_member_bytes`:
+    members declaring more are skipped unread and their samples counted as oversized (data.max_member_bytes)."""
     urls = list(urls)
+    source = ShardSource(
+        urls,
+        filesystem,
+        ledger,
+        strict,
+        rows_per_block or ROWS_PER_BLOCK,
+        max_member_bytes or MAX_MEMBER_BYTES,
+    )
     return ray.data.read_datasource(
-        ShardSource(urls, filesystem, ledger, strict, rows_per_block or ROWS_PER_BLOCK),
+        source,
         override_num_blocks=max(len(urls), 1),
         num_cpus=num_cpus,
     )

@@ -4,8 +4,8 @@ The prototype temperature needs training, the blending weight does not: each tri
 classifier branches' logits on the selection and report splits, and evaluates the whole lambda curve on the
 selection split. The driver picks the best trial and lambda on val; test numbers are read only afterwards.
 
-Every report of a trial carries `val_score`, the sweep metric: the zero-shot probe on val after each stage-1
-epoch (what ASHA stops trials on), then the chosen classifier's val top-1 in the trial's last report.
+Every report of a trial carries `val_score`, the sweep metric: the probe's leave-one-out nearest-class-mean
+top-1 on val after each stage-1 epoch (what ASHA stops trials on), then the chosen classifier's val top-1 in the trial's last report.
 Running the same sweep again restores it (`Tuner.restore`): finished trials are kept, unfinished ones go on,
 and their TorchTrainers resume from their last stage-1 checkpoint.
 """
@@ -165,7 +165,7 @@ def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
     """sweep.max_concurrent, or as many trials as the cluster's resources hold at once (at least 1).
 
     Trials started beyond that would each get Train workers but starve their Ray Data pipelines (the 2-core
-    hang of FIELD_NOTES, at cluster scale)."""
+    hang of docs/stack-notes.md, at cluster scale)."""
     if cfg.sweep.max_concurrent is not None:
         return cfg.sweep.max_concurrent
     fits = [math.floor(cluster.get(k, 0.0) / v) for k, v in trial_resources(cfg).items() if v > 0]

@@ -13,7 +13,7 @@ class _Tiny(torch.nn.Module):
         super().__init__()
         self.linear = torch.nn.Linear(6, 4)  # weight [4, 6] decays, bias [4] does not
         self.norm = torch.nn.LayerNorm(4)  # gain and bias: no decay
-        self.logit_scale = torch.nn.Parameter(torch.ones(1))  # 1-element (FIELD_NOTES), no decay
+        self.logit_scale = torch.nn.Parameter(torch.ones(1))  # 1-element (docs/stack-notes.md), no decay
         self.frozen = torch.nn.Parameter(torch.ones(3, 3), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

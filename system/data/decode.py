@@ -1,7 +1,7 @@
 """Decode stage of the data plane: raw WebDataset columns -> fixed-shape uint8 images and int64 labels.
 
 Plain numpy/PIL (the Ray pipeline calls it inside `map_batches`). Bad rows are dropped and counted by reason
-instead of failing the whole shard, which is what Ray Data's default decoder would do (FIELD_NOTES).
+instead of failing the whole shard, which is what Ray Data's default decoder would do (docs/stack-notes.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Irrelevant-text filtering and attribute enhancement (METHOD.md, "Irrelevant text filtering").
+"""Irrelevant-text filtering and attribute enhancement (docs/method.md, "Irrelevant text filtering").
 
 Per class: score every description sentence with a relevance scorer, drop those below a threshold or outside
 the per-class top-k, then build the class's text pool: prompt templates (always, so no class is ever left

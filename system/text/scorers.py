@@ -2,7 +2,7 @@
 
 A scorer answers "how much does this sentence describe what class `label` looks like?" with a float; the filter
 keeps sentences scoring at or above a threshold. The lexical scorer here needs no model and no images, so it is
-the default and the baseline; embedding or retrieval scorers (METHOD.md) register themselves with
+the default and the baseline; embedding or retrieval scorers (docs/method.md) register themselves with
 `@register_scorer("name")` from their own modules and override `score_many` to batch their encoder calls.
 """
 
