@@ -51,6 +51,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--split", action="append", help="with a dataset directory SPEC: only this split (repeatable)"
     )
     p.add_argument("--image-size", type=int, default=64, help="decode size (what the run would use)")
+    p.add_argument(
+        "--max-member-mib",
+        type=int,
+        default=64,
+        help="tar members declaring more MiB are skipped unread, counted as oversized_member (default 64)",
+    )
     return p.parse_args(argv)
 
 
@@ -69,11 +75,15 @@ def main(argv: list[str]) -> int:
     if a.class_count is not None and a.class_count < 1:
         print("uniproto check-shards: --class-count must be >= 1", file=sys.stderr)
         return 2
+    if a.max_member_mib < 1:
+        print("uniproto check-shards: --max-member-mib must be >= 1", file=sys.stderr)
+        return 2
     classes: Any = manifest or _Classes(a.class_count or UNBOUNDED_CLASSES)
     sets = [
         f"ray.num_cpus={a.cpus}",
         f"data.strict={str(a.strict).lower()}",
         f"data.image_size={a.image_size}",
+        f"data.max_member_bytes={a.max_member_mib * 2**20}",
     ]
     if root:
         sets.append(f"data.root={root}")

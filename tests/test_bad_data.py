@@ -293,6 +293,18 @@ def test_check_shards_user_errors_exit_2(tmp_path, capsys):
     (tmp_path / "side.parquet").write_bytes(b"x")
     code, _, err = _check_shards([str(tmp_path)], capsys)
     assert code == 2 and "no .tar shards" in err
+    (tmp_path / "00000.tar").write_bytes(FOUR)
+    code, _, err = _check_shards([str(tmp_path), "--max-member-mib", "0"], capsys)
+    assert code == 2 and "--max-member-mib must be >= 1" in err
+
+
+def test_check_shards_member_cap_defaults_to_the_runs():
+    from system.check_shards import parse
+    from system.config import load_config
+    from system.data.tar_stream import MAX_MEMBER_BYTES
+
+    run_cap = load_config(None, []).data.max_member_bytes
+    assert parse(["x"]).max_member_mib * 2**20 == run_cap == MAX_MEMBER_BYTES == 64 * 2**20
 
 
 def test_ledger_summary_and_report_line():

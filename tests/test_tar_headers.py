@@ -111,3 +111,38 @@ def test_a_pax_global_header_is_not_a_member_and_keeps_sizes():
     data = buf.getvalue()
     assert data[156:157] == b"g"  # the archive opens with a global header
     assert list(_tar_members(_Buffered(io.BytesIO(data)))) == _tarfile_members(data)
+
+
+def _with_checksum(block: bytearray) -> bytearray:
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return block
+
+
+def test_a_header_that_checks_out_but_does_not_parse_is_a_bad_header():
+    data = bytearray(_tar(tarfile.USTAR_FORMAT, extra=False))
+    for at, reason in ((0, "not_a_tar"), (2560, "bad_header")):  # the first header, the second sample's first
+        bad = bytearray(data)
+        bad[at : at + 512] = _with_checksum(bad[at : at + 512])
+        bad[at + 124 : at + 136] = b"9999999999\0\0"  # not octal, and this time the checksum holds
+        bad[at : at + 512] = _with_checksum(bad[at : at + 512])
+        tally = ShardTally("/d/x.tar", 0)
+        assert list(iter_samples(io.BytesIO(bytes(bad)), tally)) == [] and tally.fault == reason
+        assert f"at byte {at}" in tally.detail
+
+
+def test_members_over_the_cap_come_back_without_data_and_the_rest_as_tarfile_reads_them():
+    data = _tar(tarfile.PAX_FORMAT, extra=False)
+    expected = _tarfile_members(data)
+    ours = list(_tar_members(_Buffered(io.BytesIO(data)), max_member_bytes=2000))
+    assert [n for n, _ in ours] == [n for n, _ in expected]
+    assert [d for _, d in ours] == [d if len(d) <= 2000 else None for _, d in expected]
+
+
+def test_skip_passes_over_bytes_without_holding_them():
+    src = _Buffered(io.BytesIO(bytes(range(256)) * 120))  # 30,720 bytes, three of the reader's chunks
+    assert src.read(3) == b"\0\1\2"  # the first chunk is buffered now
+    assert src.skip(20000) == 20000 and src.offset == 20003  # the rest of the buffer, then the stream
+    assert src.read(2) == bytes([20003 % 256, 20004 % 256])
+    assert src.skip(10**12) == 30720 - 20005 and src.offset == 30720  # the stream ended first
+    assert src.read(1) == b""

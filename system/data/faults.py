@@ -12,6 +12,12 @@ from system.data.dataset_dir import DatasetError
 # Sample-level reasons (one sample skipped). The reader finds the structural ones, the decode stage the rest.
 DUPLICATE_MEMBER = "duplicate_member"  # the same {key}.{ext} twice in a row of members
 NON_CONTIGUOUS_KEY = "non_contiguous_key"  # members of a key that reappear after other keys
+# A member name that is not valid UTF-8: its key could not become a string column (pyarrow refuses it), so
+# the sample is dropped rather than the read task failing.
+BAD_NAME = "bad_name"
+# A member that declares more bytes than `data.max_member_bytes`: its bytes are passed over in bounded chunks,
+# never held, and its sample is dropped (a shard cannot make a read task allocate what its header claims).
+OVERSIZED_MEMBER = "oversized_member"
 MISSING_IMAGE = "missing_image"
 MISSING_TEXT = "missing_text"
 MISSING_LABEL = "missing_label"  # no .json, or no "label" key in it
@@ -27,6 +33,13 @@ EMPTY_SHARD = "empty"  # zero bytes, or a tar without a single sample
 NOT_A_TAR = "not_a_tar"
 TRUNCATED = "truncated"  # the tar (or its compression) ends inside a member
 READ_ERROR = "read_error"  # an I/O error in the middle of the stream
+# A header past the first one whose checksum holds but whose fields do not parse (a size that is not a number
+# or is negative, a malformed pax record, an extended header over the member cap): the next member's name,
+# size or start is unknown, so the rest of the shard is skipped.
+BAD_HEADER = "bad_header"
+# Anything else the reader raised (its detail: the exception's type and message). Counted like the others so
+# that no shard can fail the dataset, which Ray Data would do for one errored read task.
+READER_ERROR = "reader_error"
 
 
 class DataFault(DatasetError):

@@ -4,13 +4,27 @@ Ray's `read_webdataset` fails its whole read task (one shard, and with it the da
 members of a key that are not contiguous, a truncated tar or a file that is not a tar at all. This reader
 reads the tar as a stream (one member at a time, never the whole shard in memory, plain or compressed; headers
 parsed as tarfile does for the ustar, GNU and pax members that shards hold) and turns each of those into a
-counted skip:
+counted skip. Sample-level faults (counted in `ShardTally.skipped`, the stream read on):
 
 - a sample with the same `{key}.{ext}` twice is dropped (`duplicate_member`);
 - members of a key that come back after other keys are dropped (`non_contiguous_key`, one per stray run);
   the key's first run is judged on its own (a later stage may find it lacks its label, say);
-- a shard that cannot be opened, is empty, is not a tar or breaks off mid-stream ends with a shard fault;
-  the complete samples read before it are kept, the sample being read when it broke is dropped.
+- a sample with a member name that is not valid UTF-8 is dropped (`bad_name`): its key could not become a
+  string column;
+- a member that declares more than `max_member_bytes` (64 MiB by default, far above any real image) is never
+  read into memory: the check is made on its header, its bytes are passed over in reads of at most 1 MiB and
+  its sample is dropped (`oversized_member`). A shard cannot make the task allocate what a header claims.
+
+Shard-level faults (`ShardTally.fault` and a one-line `detail`; the complete samples read before the fault are
+kept, the sample being read when it came is dropped):
+
+- a shard that cannot be opened, is empty, is not a tar (`not_a_tar`: the first header does not parse) or breaks
+  off mid-stream (`truncated`: a cut, a bad checksum or a compression error past the first header, a member
+  ending before its declared size; `read_error`: an I/O error of the filesystem);
+- a header past the first whose checksum holds but whose fields do not parse: a size that is not a number or
+  is negative, a malformed pax record, an extended header (pax, GNU long name) over the cap (`bad_header`);
+- anything else raised while reading (`reader_error`, detail: the exception's type and message): no exception
+  leaves `iter_samples`, so no shard fails the dataset.
 
 Keys follow webdataset: the member name up to the first dot of its basename (folders included). Plain Python
 and pyarrow (the Ray read task calls it); `strict` raises DataFault at the first fault instead.
@@ -45,6 +59,8 @@ SCHEMA = pa.schema(
     ]
 )
 ROWS_PER_BLOCK = 64
+MAX_MEMBER_BYTES = 64 * 2**20  # data.max_member_bytes' default: members declaring more are skipped unread
+_SKIP_CHUNK = 2**20  # an oversized member is passed over in reads of at most this many bytes
 
 
 @dataclass
@@ -84,14 +100,32 @@ class _Fault(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _members(stream: IO[bytes]) -> Iterator[tuple[str, str, bytes]]:
-    """(key, ext, data) of every regular member, in file order; raises _Fault for a shard-level fault."""
+def _is_utf8(text: str) -> bool:
+    """Whether a name decoded with surrogateescape came from valid UTF-8 (no escaped byte in it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _one_line(error: BaseException) -> str:
+    """An unexpected exception as a short detail line: its type and message, printable whatever it holds."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:300]
+
+
+def _members(
+    stream: IO[bytes], max_member_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[tuple[str, str, bytes | None]]:
+    """(key, ext, data) of every regular member, in file order (data None: over `max_member_bytes`, skipped
+    unread); raises _Fault for a shard-level fault."""
     raw = _RawGuard(stream)
     head = raw.read(6)
     if not head:
         raise _Fault(F.EMPTY_SHARD, "zero bytes")
     src = _Buffered(_decompressed(head, raw))
-    for name, data in _tar_members(src):
+    for name, data in _tar_members(src, max_member_bytes):
         parts = split_member_name(name)
         if parts is not None:
             yield parts[0], parts[1], data
@@ -145,12 +179,18 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def _tar_members(src: _Buffered) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of the regular members of an uncompressed tar stream, ending at its zero block. A header
-    that cannot be parsed is `not_a_tar` at the start of the stream and `truncated` later (tarfile's rule:
-    it stops quietly there, and a sound tar ends with a zero block); a stream error likewise."""
+def _tar_members(
+    src: _Buffered, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[tuple[str, bytes | None]]:
+    """(name, data) of the regular members of an uncompressed tar stream, ending at its zero block; data is None
+    for a member declaring more than `max_member_bytes` (its bytes are passed over, never held). A header
+    that cannot be read is `not_a_tar` at the start of the stream and `truncated` later (tarfile's rule: it
+    stops quietly there, and a sound tar ends with a zero block); a stream error likewise. A later header whose
+    checksum holds but whose size or pax records do not parse is `bad_header`."""
     next_name: str | None = None  # from a GNU long-name member or a pax header, for the next member
     next_size: int | None = None
+    # A pax `size` record applies to the next member proper, not to another header member.
+    headers = (_PAX, _PAX_GLOBAL, _LONG_NAME)
     while True:
         at = src.offset
         try:
@@ -163,33 +203,43 @@ def _tar_members(src: _Buffered) -> Iterator[tuple[str, bytes]]:
                 raise _Fault(F.TRUNCATED, f"no end-of-archive block at byte {at} (cut or damaged)")
             if not _checksum_ok(block):
                 raise ValueError(f"bad header checksum at byte {at}")
-            kind = block[156]
-            # A pax `size` record applies to the next member proper, not to another header member.
-            headers = (_PAX, _PAX_GLOBAL, _LONG_NAME)
+        except _Fault:
+            raise
+        except (ValueError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            raise _Fault(_unread(at), f"{e or type(e).__name__} after {src.offset} bytes") from None
+        kind = block[156]
+        try:
             size = next_size if next_size is not None and kind not in headers else _number(block[124:136])
-            if size < 0:
-                raise ValueError(f"negative member size at byte {at}")
-            data = src.read(size)
-            if len(data) != size:
-                raise _Fault(
-                    F.TRUNCATED, f"member {_nts(block[:100])!r} ends after {len(data)} of {size} bytes"
-                )
+        except ValueError as e:
+            raise _Fault(_unparsed(at), f"{e} in the header at byte {at}") from None
+        if size < 0:
+            raise _Fault(_unparsed(at), f"negative member size {size} in the header at byte {at}")
+        data: bytes | None = None
+        try:
+            if size > max_member_bytes:  # from the header, before a byte of the member is read
+                if kind in headers:  # its records would have to be held to be parsed
+                    raise _Fault(_unparsed(at), f"a {size}-byte extended header at byte {at}, over the cap")
+                got = src.skip(size)
+            else:
+                data = src.read(size)
+                got = len(data)
+            if got != size:
+                raise _Fault(F.TRUNCATED, f"member {_nts(block[:100])!r} ends after {got} of {size} bytes")
             src.read(-size % _BLOCK)  # padding to the next header; a cut there shows at the next read
         except _Fault:
             raise
         except (ValueError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
-            reason = F.NOT_A_TAR if at == 0 else F.TRUNCATED
-            raise _Fault(reason, f"{e or type(e).__name__} after {src.offset} bytes") from None
+            raise _Fault(_unread(at), f"{e or type(e).__name__} after {src.offset} bytes") from None
         if kind == _LONG_NAME:
-            next_name = _nts(data)
+            next_name = _nts(data)  # type: ignore[arg-type]  # header members over the cap were refused
             continue
         if kind == _PAX:
             try:
-                records = _pax_records(data)
+                records = _pax_records(data)  # type: ignore[arg-type]
+                next_name = records.get("path", next_name)
+                next_size = int(records["size"]) if "size" in records else next_size
             except ValueError as e:
-                raise _Fault(F.TRUNCATED, f"bad pax header at byte {at}: {e}") from None
-            next_name = records.get("path", next_name)
-            next_size = int(records["size"]) if "size" in records else next_size
+                raise _Fault(_unparsed(at), f"bad pax header at byte {at}: {e}") from None
             continue
         if kind == _PAX_GLOBAL:
             continue
@@ -202,6 +252,17 @@ def _tar_members(src: _Buffered) -> Iterator[tuple[str, bytes]]:
         next_name = next_size = None
         if kind in _REGULAR and not (kind == 0 and name.endswith("/")):  # old-style directories end in /
             yield name, data
+
+
+def _unread(at: int) -> str:
+    """The fault of a header or stream that cannot be read at byte `at`: before the first member the file is
+    not a tar at all; later the archive was cut or damaged there."""
+    return F.NOT_A_TAR if at == 0 else F.TRUNCATED
+
+
+def _unparsed(at: int) -> str:
+    """The fault of a checksummed header whose fields do not parse: a bad header, or not a tar at byte 0."""
+    return F.NOT_A_TAR if at == 0 else F.BAD_HEADER
 
 
 class _Buffered:
@@ -229,6 +290,22 @@ class _Buffered:
         self.i += len(out)
         self.offset += len(out)
         return out
+
+    def skip(self, size: int) -> int:
+        """Pass over `size` bytes without holding them (reads of at most _SKIP_CHUNK); returns how many there
+        were, fewer than `size` where the stream ended."""
+        take = min(len(self.buf) - self.i, size)
+        self.i += take
+        left = size - take
+        if left:
+            self.buf, self.i = b"", 0
+        while left:
+            more = self.src.read(min(_SKIP_CHUNK, left))
+            if not more:
+                break
+            left -= len(more)
+        self.offset += size - left
+        return size - left
 
 
 class _RawGuard:
@@ -272,9 +349,12 @@ def _decompressed(head: bytes, raw: _RawGuard) -> IO[bytes]:
     return src  # type: ignore[return-value]
 
 
-def iter_samples(stream: IO[bytes], tally: ShardTally, strict: bool = False) -> Iterator[dict[str, Any]]:
+def iter_samples(
+    stream: IO[bytes], tally: ShardTally, strict: bool = False, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[dict[str, Any]]:
     """Samples of one shard as dicts (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json`: bytes or None),
-    in file order. Faults are counted in `tally` (or raised as DataFault with `strict`)."""
+    in file order. Faults are counted in `tally` (or raised as DataFault with `strict`); nothing else is raised.
+    Members declaring more than `max_member_bytes` are skipped unread and drop their sample."""
     done: set[str] = set()  # keys whose run of members has ended
     key: str | None = None
     sample: dict[str, Any] = {}
@@ -297,7 +377,7 @@ def iter_samples(stream: IO[bytes], tally: ShardTally, strict: bool = False) -> 
 
     samples_seen = 0
     try:
-        for k, ext, data in _members(stream):
+        for k, ext, data in _members(stream, max_member_bytes):
             if k != key:
                 out = finish()
                 if out is not None:
@@ -307,9 +387,18 @@ def iter_samples(stream: IO[bytes], tally: ShardTally, strict: bool = False) -> 
                 if k in done:
                     bad = F.NON_CONTIGUOUS_KEY
                     fault(bad, k)
+                elif not k.isascii() and not _is_utf8(k):  # once per sample, not per member
+                    bad = F.BAD_NAME
+                    fault(bad, k)
             column = "jpg" if ext in IMAGE_EXTS else ext
-            if column not in sample:
-                continue  # members we do not use (.cls, .parquet side data inside the tar, ...)
+            if data is None or column not in sample:
+                if bad is None and data is None:
+                    bad = F.OVERSIZED_MEMBER
+                    fault(bad, k, f"{k + '.' + ext!r} declares more than {max_member_bytes} bytes")
+                elif bad is None and not ext.isascii() and not _is_utf8(ext):
+                    bad = F.BAD_NAME
+                    fault(bad, k, f"extension {ext!r}")
+                continue  # also members we do not use (.cls, .parquet side data inside the tar, ...)
             if sample[column] is not None:
                 if bad is None:
                     bad = F.DUPLICATE_MEMBER
@@ -320,6 +409,12 @@ def iter_samples(stream: IO[bytes], tally: ShardTally, strict: bool = False) -> 
         # The sample being read when the shard broke is incomplete: dropped with the rest of the shard.
         tally.fault, tally.detail = e.reason, e.detail
         fault(e.reason, None, e.detail)
+        return
+    except F.DataFault:
+        raise  # strict mode's stop, raised by fault() above
+    except Exception as e:  # noqa: BLE001 - whatever a hostile shard provokes ends this shard, not the dataset
+        tally.fault, tally.detail = F.READER_ERROR, _one_line(e)
+        fault(F.READER_ERROR, None, tally.detail)
         return
     out = finish()
     if out is not None:
