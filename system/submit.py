@@ -338,19 +338,79 @@ def secret_env_values(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in env.items() if SECRET_NAME_RE.search(k) and len(v) >= 8}
 
 
+def _forms(value: str) -> set[str]:
+    """The ways a value can appear in text we upload: raw, JSON-escaped (backslashes, quotes, \\uXXXX), and
+    YAML/shell-quoted forms reduce to these two."""
+    return {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+
+
+def _secret_in(text: str, secrets: dict[str, str]) -> str | None:
+    for name, value in secrets.items():
+        if any(form in text for form in _forms(value)):
+            return name
+    return None
+
+
 def assert_no_secrets(plan: JobPlan, environ: dict[str, str] | None = None) -> None:
     """Refuse a plan whose entrypoint, runtime_env or metadata contains a secret's value or URL credentials."""
     blob = json.dumps(plan.to_dict(), sort_keys=True)
-    for name, value in secret_env_values(environ).items():
-        if value in blob:
-            raise SubmitError(
-                f"the job would carry the value of ${name} (in its entrypoint, runtime_env or metadata); "
-                "refusing to submit. Secrets reach jobs through the nodes' identity, never through a config."
-            )
-    if re.search(r"://[^/\s@\"]+:[^/\s@\"]+@", blob):
+    raw = "\n".join([plan.entrypoint, *plan.overrides, json.dumps(plan.to_dict(), ensure_ascii=False)])
+    name = _secret_in(blob + "\n" + raw, secret_env_values(environ))
+    if name is not None:
+        raise SubmitError(
+            f"the job would carry the value of ${name} (in its entrypoint, runtime_env or metadata); "
+            "refusing to submit. Secrets reach jobs through the nodes' identity, never through a config."
+        )
+    if re.search(r"://[^/\s@\"]+:[^/\s@\"]+@", raw):
         raise SubmitError(
             "the job would carry credentials inside a URL (scheme://user:password@...); refusing"
         )
+
+
+# A file whose first bytes carry one of these is a key or a credential, whatever its name.
+_KEY_MARKERS = (
+    re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----"),
+    re.compile(rb'"private_key"\s*:\s*"-----BEGIN'),  # a cloud service-account key file
+)
+_SCAN_BYTES = 8 * 2**20  # larger files are data, not configs; Ray refuses very large uploads anyway
+
+
+def uploaded_files(workdir: Path, excludes: list[str]) -> list[Path]:
+    """Every file Ray would upload with `workdir` (its own walk: .gitignore, .rayignore and `excludes`)."""
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    include_gitignore = os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1"
+    quiet = logging.getLogger("uniproto.submit.packaging")
+    quiet.setLevel(logging.ERROR)
+    out: list[Path] = []
+    _dir_travel(
+        workdir.absolute(),
+        [_get_excludes(workdir.absolute(), excludes)],
+        lambda p: out.append(p) if p.is_file() and not p.is_symlink() else None,
+        include_gitignore=include_gitignore,
+        logger=quiet,
+    )
+    return out
+
+
+def assert_upload_clean(workdir: Path, excludes: list[str], environ: dict[str, str] | None = None) -> int:
+    """Refuse to upload a working directory holding a private key, a credential file or a secret's value in any
+    file (the config body included); returns the number of files scanned."""
+    secrets = secret_env_values(environ)
+    files = uploaded_files(workdir, excludes)
+    for path in files:
+        rel = path.relative_to(workdir.absolute())
+        with open(path, "rb") as f:
+            data = f.read(_SCAN_BYTES)
+        if any(m.search(data) for m in _KEY_MARKERS):
+            raise SubmitError(
+                f"{rel}: looks like a private key or credential file and would be uploaded with the job; move "
+                "it out of the working directory or exclude it (.rayignore)"
+            )
+        name = _secret_in(data.decode("utf-8", "replace"), secrets) if secrets else None
+        if name is not None:
+            raise SubmitError(f"{rel}: contains the value of ${name}; refusing to upload it with the job")
+    return len(files)
 
 
 # ------------------------------------------------------------------------------------------------ cluster
@@ -584,6 +644,7 @@ def plan_job(
     )
     plan = JobPlan(stage, sid, shlex.join(argv), runtime_env, metadata, digest, local, overrides)
     assert_no_secrets(plan)
+    assert_upload_clean(workdir, excludes)  # every file that travels, the config body included
     return plan, cfg
 
 

@@ -169,9 +169,12 @@ def test_refusals_exit_2_before_any_connection(tmp_path, capsys):
 
 
 def test_dry_run_carries_no_secrets(tiny_dataset, monkeypatch, capsys):
-    secret = "fake-aws-secret-0123456789abcdef"
+    import uuid
+
+    # made at run time: a value written in this file would be found in the upload (this file travels too)
+    secret = f"fake-aws-secret-{uuid.uuid4().hex}"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    monkeypatch.setenv("HF_TOKEN", "hf_fake0123456789")
+    monkeypatch.setenv("HF_TOKEN", f"hf_fake{uuid.uuid4().hex}")
     argv = ["run", "--config", DEMO, "--set", f"data.root={tiny_dataset}", "--dry-run"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -246,6 +249,58 @@ def test_token_is_found_where_ray_looks_and_never_printed(tmp_path):
 
 def _sources(*dirs: str) -> list[Path]:
     return [p for d in dirs for p in (REPO / d).rglob("*.py")]
+
+
+def test_secret_values_are_found_in_escaped_forms():
+    from system.submit import JobPlan
+
+    for value in ("p@ss\\word-0123", "pässwörd-0123456"):  # a backslash, non-ASCII: JSON escapes both
+        plan = JobPlan("run", "id", "python -m x", {}, {}, "h", True, [f"run.name={value}"])
+        with pytest.raises(SubmitError, match=r"\$DB_PASSWORD"):
+            assert_no_secrets(plan, environ={"DB_PASSWORD": value})
+
+
+def test_every_uploaded_file_is_scanned_and_credential_files_stay_home(tmp_path):
+    from system.submit import assert_upload_clean, uploaded_files
+
+    work = tmp_path / "work"
+    (work / "pipelines" / "configs").mkdir(parents=True)
+    (work / ".rayignore").write_text((REPO / ".rayignore").read_text())
+    excludes = load_runtime_env_file(REPO / "cluster" / "runtime_env.yaml")["excludes"]
+    (work / "pipelines" / "configs" / "run.yaml").write_text("run:\n  name: exp\n")
+    begin = "-----BEGIN OPENSSH " + "PRIVATE KEY-----"  # split: this test file is uploaded and scanned too
+    pem = f"{begin}\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    for name in (".ssh/id_ed25519", "id_rsa", ".netrc", "credentials.json", "secrets/db.txt", "cert.p12"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(pem)  # the usual credential files are excluded by default ...
+    names = {p.relative_to(work).as_posix() for p in uploaded_files(work, excludes)}
+    assert names == {".rayignore", "pipelines/configs/run.yaml"}
+    assert assert_upload_clean(work, excludes, environ={}) == 2
+
+    (work / "notes.txt").write_text(pem)  # ... and a key under any other name is refused with its path
+    with pytest.raises(SubmitError, match=r"notes\.txt: looks like a private key"):
+        assert_upload_clean(work, excludes, environ={})
+    (work / "notes.txt").unlink()
+    sa = {"type": "service_account", "private_key": "-" * 5 + "BEGIN PRIVATE " + "KEY-----\nx\n"}
+    (work / "pipelines" / "sa.json").write_text(json.dumps(sa))
+    with pytest.raises(SubmitError, match=r"pipelines/sa\.json: looks like a private key"):
+        assert_upload_clean(work, excludes, environ={})
+    (work / "pipelines" / "sa.json").unlink()
+
+    # A secret's value written into the config body (not only in --set values) is refused, escaped or not.
+    secret = "s3cr\\et-ünïcode-value"
+    (work / "pipelines" / "configs" / "run.yaml").write_text(
+        f"run:\n  name: exp\n# key: {json.dumps(secret)}\n"
+    )
+    with pytest.raises(SubmitError, match=r"pipelines/configs/run\.yaml: contains the value of \$API_TOKEN"):
+        assert_upload_clean(work, excludes, environ={"API_TOKEN": secret})
+
+
+def test_the_real_working_directory_scans_clean():
+    from system.submit import assert_upload_clean
+
+    excludes = load_runtime_env_file(REPO / "cluster" / "runtime_env.yaml")["excludes"]
+    assert assert_upload_clean(REPO, excludes, environ={}) > 50  # the source tree, not .venv or runs/
 
 
 def test_checkpoints_load_weights_only():

@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FAKE_SECRET = "uniproto-test-fake-secret-3f9a1c77e2"
+# Made at import: a value written in this file would be found by the upload scan (this file travels too).
+FAKE_SECRET = f"uniproto-test-fake-secret-{uuid.uuid4().hex[:10]}"
 
 
 def _free_ports(n: int) -> list[int]:
