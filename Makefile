@@ -6,7 +6,7 @@ STAMP := $(VENV)/.uniproto-installed
 DEMO_DATA := runs/datasets/demo
 ABLATE_DATA := runs/datasets/demo-crowded
 
-.PHONY: setup demo ablate test lint format clean gpu-bundle gpu-check
+.PHONY: setup demo ablate test test-fast lint format clean gpu-bundle gpu-check
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ ablate: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Everything that starts no Ray (tests marked `integration` start a local Ray cluster): minutes, not half an hour.
+test-fast: setup
+	$(PY) -m pytest -m "not integration"
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

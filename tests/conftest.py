@@ -11,6 +11,20 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _ray_only_in_integration_tests(request, monkeypatch):
+    """`make test-fast` deselects the `integration` tests and must start no Ray: a test that calls ray.init
+    without the marker fails, naming the fix."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test starts Ray: mark it @pytest.mark.integration")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
 def pipeline_argv(sets: dict, *extra: str, config: str = "pipelines/configs/demo.yaml") -> list[str]:
     """The argv of a pipeline's main(): --config, then `extra` flags, then one --set per entry of `sets`."""
     out = ["--config", config, *extra]

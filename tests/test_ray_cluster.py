@@ -70,6 +70,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_a_local_rays_idle_task_workers_exit_after_the_ttl():
     env = dict(os.environ, PYTHONPATH=str(REPO))
