@@ -205,10 +205,47 @@ def test_resampling_draws_are_seeded_per_row_and_epoch():
 # ------------------------------------------------------------------------------------ check-shards on Ray
 
 
+def _gnu_tar(members) -> bytes:
+    """A GNU-format tar whose member names may carry bytes that are not UTF-8 (surrogate-escaped)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, errors="surrogateescape") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _pax_size_not_a_number() -> bytes:
+    """Two good samples, then a member whose pax header says `size=abcdefghijkl`."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in _good(2, "p") + [("p9.txt", b"x")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            if name == "p9.txt":
+                info.pax_headers = {"uniproto": "abcdefgh"}  # same length as the record swapped in below
+            tar.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    assert raw.count(b"uniproto=abcdefgh") == 1
+    return raw.replace(b"uniproto=abcdefgh", b"size=abcdefghijkl")
+
+
+def _huge_declared_size() -> bytes:
+    """Two good samples, then a member whose header declares 2**80 bytes (GNU base-256, checksum fixed)."""
+    raw = bytearray(_tar(_good(2, "h") + [("h9.txt", b"x")]))
+    at = _header_offset(bytes(raw), "h9.txt")
+    raw[at + 124 : at + 136] = b"\x80" + (2**80).to_bytes(11, "big")
+    raw[at + 148 : at + 156] = b" " * 8
+    raw[at + 148 : at + 156] = f"{sum(raw[at : at + 512]):06o}\0 ".encode()
+    return bytes(raw)
+
+
 @pytest.fixture(scope="module")
 def bad_folder(tmp_path_factory):
-    """Six listed shards: 5 good; 3 good + 7 bad samples; a tar cut inside its 4th sample; an empty tar; a
-    parquet named .tar; one that does not exist. Beside them an img2dataset side file."""
+    """Listed shards: 5 good; 3 good + 12 bad samples; a tar cut inside its 4th sample; an empty tar; a parquet
+    named .tar; a gzip bomb beside 2 good samples; a non-numeric pax size after 2; a 2**80 size after 2; and one
+    that does not exist. Beside them an img2dataset side file."""
     d = tmp_path_factory.mktemp("bad")
     (d / "00000.tar").write_bytes(_tar(_good(5, "s0k")))
     bad = (
@@ -218,26 +255,39 @@ def bad_folder(tmp_path_factory):
         + _sample("m1", txt=None)  # missing text
         + _sample("l1", meta=False)  # missing label json
         + _sample("u1", label=9)  # unknown label (3 classes)
+        + _sample("f1", meta={"label": 1.7})  # labels are JSON integers, never coerced ...
+        + _sample("s1", meta={"label": "1"})
+        + _sample("b1", meta={"label": True})
+        + [("n1.jpg", JPG), ("n1.txt", b"t"), ("n1.json", b"[" * 200_000)]  # nested past the parser's stack
+        + _sample("o1", jpg=bytes(2 * 2**20))  # a 2 MiB member, over the 1 MiB cap of this check
         + _sample("d1")
         + [("d1.txt", b"again")]  # duplicate member
         + _sample("a")
         + _sample("b")
         + [("a.json", b'{"label": 1}')]  # non-contiguous key
     )
-    (d / "00001.tar").write_bytes(_tar(bad))
+    (d / "00001.tar").write_bytes(_gnu_tar(bad + _sample("x\udcff1")))  # + a name that is not UTF-8
     (d / "00002.tar").write_bytes(CUT_INSIDE)  # 3 complete samples, then cut inside the 4th
     (d / "00003.tar").write_bytes(_tar([]))
     (d / "00004.tar").write_bytes(b"PAR1" + b"\0\1" * 600)
+    bomb = _tar(_good(2, "z") + _sample("zz", jpg=bytes(64 * 2**20)))  # 64 MiB of zeros: ~64 KB gzipped
+    (d / "00005.tar").write_bytes(gzip.compress(bomb, compresslevel=9))
+    (d / "00006.tar").write_bytes(_pax_size_not_a_number())
+    (d / "00007.tar").write_bytes(_huge_declared_size())
     (d / "00000.parquet").write_bytes(b"PAR1")
     return d
 
 
 EXPECTED_SKIPPED = {
+    "bad_label": 3,
+    "bad_metadata": 1,
+    "bad_name": 1,
     "corrupt_image": 2,
     "duplicate_member": 1,
     "missing_label": 1,
     "missing_text": 1,
     "non_contiguous_key": 1,
+    "oversized_member": 2,
     "unknown_label": 1,
 }
 
@@ -263,20 +313,25 @@ def local_ray():
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_check_shards_counts_every_fault_and_loses_no_good_sample(bad_folder, local_ray, capsys):
-    spec = f"{bad_folder}/{{00000..00005}}.tar::{bad_folder}/00000.parquet"
-    code, lines, err = _check_shards([spec, "--class-count", "3", "--cpus", "2"], capsys)
+    spec = f"{bad_folder}/{{00000..00008}}.tar::{bad_folder}/00000.parquet"
+    argv = [spec, "--class-count", "3", "--cpus", "2", "--max-member-mib", "1"]
+    code, lines, err = _check_shards(argv, capsys)
     assert code == 0, err
     result = json.loads(lines[-1])
-    # 5 (shard 0) + g1, a, b (shard 1) + 3 before the cut (shard 2): a shard fault loses no other shard's samples.
-    assert result["good"] == 11
+    # 5 (shard 0) + g1, a, b (shard 1) + 3 before the cut (shard 2) + the 2 beside the bomb + 1 each before the
+    # bad pax size and the 2**80 size (the second good sample there is the one being read when the shard breaks:
+    # a sample is complete only once the next key's member has been read): no other sample or shard is lost.
+    assert result["good"] == 15
     assert result["skipped"] == EXPECTED_SKIPPED
     assert result["failed_shards"] == [
         {"path": f"{bad_folder}/00002.tar", "reason": "truncated"},
         {"path": f"{bad_folder}/00003.tar", "reason": "empty"},
         {"path": f"{bad_folder}/00004.tar", "reason": "not_a_tar"},
-        {"path": f"{bad_folder}/00005.tar", "reason": "missing"},
+        {"path": f"{bad_folder}/00006.tar", "reason": "bad_header"},
+        {"path": f"{bad_folder}/00007.tar", "reason": "truncated"},
+        {"path": f"{bad_folder}/00008.tar", "reason": "missing"},
     ]
-    assert result["shards"] == 6 and result["ignored_files"] == 1 and result["rows_out"] == 11
+    assert result["shards"] == 9 and result["ignored_files"] == 1 and result["rows_out"] == 15
     assert result["seconds"] > 0
 
     # --strict: the first fault stops the check, exit 1, the message names the shard.
