@@ -48,6 +48,9 @@ from urllib.parse import urlsplit
 from system.config import SECRET_NAME_RE, Config, ConfigError, load_config, read_yaml
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+INSECURE_HELP = (
+    "allow plain http to a non-loopback address (the cluster token then crosses the network in clear)"
+)
 RUNTIME_ENV_FILE = Path("cluster") / "runtime_env.yaml"
 CONSTRAINTS_FILE = Path("cluster") / "constraints.txt"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -478,17 +481,25 @@ def enable_token_auth() -> str:
     return source
 
 
-def connect(address: str):
+def check_transport(address: str, insecure_http: bool = False) -> None:
+    """Plain http beyond loopback would send the cluster token in clear: refused unless asked for by name."""
+    if is_loopback(address) or urlsplit(address).scheme != "http":
+        return
+    if not insecure_http:
+        raise SubmitError(
+            f"{address} is plain http beyond loopback: the cluster token would cross the network in clear. Reach "
+            "the head through a tunnel (`ray dashboard cluster/aws.yaml`, `kubectl port-forward`) and use "
+            "http://127.0.0.1:8265, or https; --insecure-http sends it anyway"
+        )
+    print(f"[uniproto] warning: {address}: plain http beyond loopback (--insecure-http)", file=sys.stderr)
+
+
+def connect(address: str, insecure_http: bool = False):
     """A JobSubmissionClient for `address`, with Ray's token when there is one; errors say what to check."""
     from ray.job_submission import JobSubmissionClient
 
+    check_transport(address, insecure_http)
     source = enable_token_auth()
-    if not is_loopback(address) and urlsplit(address).scheme == "http":
-        print(
-            f"[uniproto] warning: {address} is plain http beyond loopback: the token crosses the network in clear. "
-            "Reach the head through a tunnel (`ray dashboard cluster/aws.yaml`, `kubectl port-forward`) instead.",
-            file=sys.stderr,
-        )
     try:
         with _explicit_address():
             return JobSubmissionClient(address)
@@ -731,6 +742,7 @@ def _submit_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", help=f"job API URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, {DEFAULT_ADDRESS})"
     )
+    p.add_argument("--insecure-http", action="store_true", help=INSECURE_HELP)
     p.add_argument(
         "--working-dir", default=".", help="uploaded as the job's working directory (the repo root)"
     )
@@ -780,6 +792,7 @@ def _job_parser(action: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--address", help=f"job API URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, {DEFAULT_ADDRESS})"
     )
+    p.add_argument("--insecure-http", action="store_true", help=INSECURE_HELP)
     if action == "logs":
         p.add_argument("--follow", action="store_true")
     if action == "stop":
@@ -794,7 +807,7 @@ def _print_json(obj: Any) -> None:
 def _job_command(action: str, argv: list[str]) -> int:
     a = _job_parser(action).parse_args(argv)
     address = resolve_address(a.address)
-    client = connect(address)
+    client = connect(address, a.insecure_http)
     if action == "list":
         jobs = [j for j in client.list_jobs() if any(k.startswith(META_PREFIX) for k in (j.metadata or {}))]
         _print_json([job_record(j) for j in jobs])
@@ -838,7 +851,7 @@ def _submit(argv: list[str]) -> int:
     precheck(
         a.stage, a.config, a.set, workdir=workdir, cwd=Path.cwd().resolve(), runtime_env_file=runtime_env_file
     )
-    client = connect(address)
+    client = connect(address, a.insecure_http)
     version, pinned = cluster_ray_version(client), pinned_version(workdir, "ray")
     if pinned and version and version != pinned and not a.allow_version_mismatch:
         raise SubmitError(

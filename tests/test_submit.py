@@ -251,6 +251,20 @@ def _sources(*dirs: str) -> list[Path]:
     return [p for d in dirs for p in (REPO / d).rglob("*.py")]
 
 
+def test_plain_http_beyond_loopback_is_refused_unless_asked_for(capsys):
+    from system.submit import check_transport
+
+    for ok in ("http://127.0.0.1:8265", "http://localhost:8265", "http://[::1]:8265", "https://10.0.0.5:8265"):
+        check_transport(ok)
+    with pytest.raises(SubmitError, match=r"http://10\.0\.0\.5:8265 is plain http beyond loopback"):
+        check_transport("http://10.0.0.5:8265")
+    check_transport("http://10.0.0.5:8265", insecure_http=True)
+    assert "--insecure-http" in capsys.readouterr().err
+    # refused before any connection is tried, with exit 2 (nothing listens at that address)
+    assert main(["status", "x", "--address", "http://192.0.2.1:9"]) == 2
+    assert "plain http beyond loopback" in capsys.readouterr().err
+
+
 def test_secret_values_are_found_in_escaped_forms():
     from system.submit import JobPlan
 
