@@ -97,7 +97,7 @@ def run_ablation(
     args: argparse.Namespace, arms: list[str], seeds: list[int], spaces: dict[str, Space], root: Path
 ) -> dict[str, Any]:
     """Train every arm over the seeds (and its grid in `spaces[arm]`), then read the variants off the trials."""
-    from system.finetune import shot_accuracy_at
+    from system.finetune import blended_predictions, is_collapsed, shot_accuracy_at, top_class_share
     from system.ray_cluster import init_ray
     from system.ray_sweep import load_branch_logits, run_sweep
 
@@ -142,6 +142,7 @@ def run_ablation(
             test_labels = logits.labels
             lam = 0.0 if variant.classifier == "head" else float(t["best_lambda"])
             acc = shot_accuracy_at(logits, lam, counts, cfg.eval)
+            share = top_class_share(blended_predictions(logits, lam), manifest.num_classes)
             geometry = t.get("geometry_after") or {}
             rows.append(
                 {g: acc[g] for g in ab.GROUPS}
@@ -149,6 +150,8 @@ def run_ablation(
                     "seed": t["params"]["run.seed"],
                     "lambda": lam,
                     "val_top1": t[val_key],
+                    "top_class_share": share,
+                    "collapsed": is_collapsed(share, manifest.num_classes),
                     "tail_over_head_tail": geometry.get("tail_over_head_tail"),
                     "stage1_losses": {
                         k.removeprefix("final_"): v
@@ -163,6 +166,19 @@ def run_ablation(
     pairs = [(b, a) for a, b in zip(ab.LADDER, ab.LADDER[1:], strict=False)] + [("no_text", "full")]
     comparisons = ab.compare(summary, pairs, one_image)
     md = ab.markdown(summary, comparisons, split)
+    collapsed = [
+        f"`{n}` seed {r['seed']} ({100 * r['top_class_share']:.0f}%)"
+        for n, rows in runs.items()
+        for r in rows
+        if r["collapsed"]
+    ]
+    if collapsed:
+        # A collapsed classifier's row is not a result: say so above the table's reading, not in a footnote.
+        md = (
+            f"**Warning: collapsed classifiers** (one class takes the share of {split} predictions given): "
+            f"{', '.join(collapsed)}. Their rows measure a head that learned nothing, not the method: train longer "
+            "(train.epochs, finetune.epochs) before reading the differences.\n\n" + md
+        )
     geometry_lines = [
         f"| `{n}` | {ab.mean_std([r['tail_over_head_tail'] for r in rows])[0]:.3f} |"
         for n, rows in runs.items()
@@ -200,6 +216,7 @@ def run_ablation(
         "space": {arm: {k: list(v[1]) for k, v in spaces[arm].items()} for arm in arms},
         "selected_on_val": selected,
         "runs": runs,
+        "collapsed": collapsed,
         "text_filter_quality": text_quality,
         "dataset": ctx.dataset_summary(),
         "seconds": time.perf_counter() - t0,

@@ -126,3 +126,20 @@ def blended_predictions(logits: BranchLogits, lam: float) -> np.ndarray:
     """Top-1 class per sample of the blended logits (exactly one branch at lambda 0 or 1)."""
     z = blend_logits(torch.from_numpy(logits.head), torch.from_numpy(logits.proto), lam)  # [N, K]
     return z.argmax(dim=1).numpy()
+
+
+# A classifier that sends at least this share of a (roughly balanced) split to one class has collapsed: its
+# accuracy then says nothing about the features (typically stage 1 or the head trained far too few steps).
+COLLAPSE_SHARE = 0.5
+
+
+def top_class_share(preds: np.ndarray, num_classes: int) -> float:
+    """The share of predictions that go to the most-predicted class (1/K for a uniform spread)."""
+    if len(preds) == 0:
+        return 0.0
+    return float(np.bincount(np.asarray(preds, dtype=np.int64), minlength=num_classes).max() / len(preds))
+
+
+def is_collapsed(share: float, num_classes: int) -> bool:
+    """One class takes COLLAPSE_SHARE of the predictions (only meaningful with 4 or more classes)."""
+    return num_classes >= 4 and share >= COLLAPSE_SHARE

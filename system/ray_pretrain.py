@@ -56,6 +56,11 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
     return _all_reduce(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
+# Fewer optimizer steps than this in a whole stage-1 run rarely learn anything (a 300-image dataset at the demo's
+# batch gets 16 in 6 epochs); the run goes on, with a warning.
+SHORT_RUN_STEPS = 100
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed  # imported on the worker: the driver never needs DeepSpeed
 
@@ -123,6 +128,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     meter = EpochMeter(resumed_from_step=step)
     total_steps = steps_per_epoch * cfg.train.epochs
+    if rank == 0 and total_steps < SHORT_RUN_STEPS:
+        print(
+            f"[stage1] warning: {total_steps} optimizer steps in all ({steps_per_epoch} per epoch x "
+            f"{cfg.train.epochs} epochs at a global batch of {global_batch}): likely too few to learn; raise "
+            "train.epochs (small datasets need more epochs for the same number of steps)",
+            flush=True,
+        )
     batches = train_batches(ray.train.get_dataset_shard("train"), cfg, device)
     engine.train()
     t_wait = time.perf_counter()

@@ -32,11 +32,14 @@ from system.data.dataset_dir import Manifest
 from system.diagnostics import centroid_geometry, geometry_summary
 from system.finetune import (
     BranchLogits,
+    blended_predictions,
     branch_logits,
     fit_stage2,
+    is_collapsed,
     lambda_candidates,
     logit_adjustment,
     select_lambda,
+    top_class_share,
 )
 from system.heads import positive_bias
 from system.ray_data import configure_data_context, extract_features
@@ -71,6 +74,22 @@ def run_stage2(
     logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale, adjust) for s in (sel, rep)}
     candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, lambda_spec)
     lam, acc, grid, curve = select_lambda(logits[sel], cfg.finetune.lambda_points, candidates)
+    k = manifest.num_classes
+    shares = {
+        "val_top_class_share_head": top_class_share(blended_predictions(logits[sel], 0.0), k),
+        "val_top_class_share": top_class_share(blended_predictions(logits[sel], lam), k),
+    }
+    for key, what in (
+        ("val_top_class_share_head", "learnable head"),
+        ("val_top_class_share", "chosen blend"),
+    ):
+        if is_collapsed(shares[key], k):
+            print(
+                f"[stage2] warning: the {what} predicts one class for {100 * shares[key]:.0f}% of "
+                f"{sel}: it collapsed, and its accuracy says nothing about the features (stage 1 or the head "
+                "trained far too few steps? raise train.epochs / finetune.epochs)",
+                flush=True,
+            )
     # Diagnostics: class-centroid geometry of the stage-1 features, and the head's positive bias.
     geometry = centroid_geometry(
         *feats["train"], manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
@@ -95,6 +114,7 @@ def run_stage2(
         "val_top1": acc,
         "val_top1_head": float(curve[0]),
         "val_top1_proto": float(curve[-1]),
+        **shares,
         "geometry_after": geometry_summary(geometry),
         "data": {split: ledger_summary(ledger) for split, ledger in ledgers.items()},
     }

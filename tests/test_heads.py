@@ -322,3 +322,14 @@ def test_stage2_logit_adjustment_matches_the_classifier_and_leaves_the_prototype
         clf.head.bias.zero_()
     clf.eval()
     assert np.allclose(clf(torch.from_numpy(f))["head_logits"].detach().numpy(), adjusted.head, atol=1e-6)
+
+
+def test_collapse_is_one_class_taking_half_the_predictions():
+    from system.finetune import is_collapsed, top_class_share
+
+    assert top_class_share(np.array([0, 1, 2, 3]), 4) == 0.25  # a uniform spread: 1/K
+    assert top_class_share(np.array([2, 2, 2, 1]), 4) == 0.75
+    assert top_class_share(np.array([], dtype=np.int64), 4) == 0.0
+    assert is_collapsed(0.5, 10) and is_collapsed(0.97, 24)
+    assert not is_collapsed(0.49, 10)
+    assert not is_collapsed(0.6, 3)  # with 2-3 classes half the predictions on one class can be honest
