@@ -254,7 +254,12 @@ def _sources(*dirs: str) -> list[Path]:
 def test_plain_http_beyond_loopback_is_refused_unless_asked_for(capsys):
     from system.submit import check_transport
 
-    for ok in ("http://127.0.0.1:8265", "http://localhost:8265", "http://[::1]:8265", "https://10.0.0.5:8265"):
+    for ok in (
+        "http://127.0.0.1:8265",
+        "http://localhost:8265",
+        "http://[::1]:8265",
+        "https://10.0.0.5:8265",
+    ):
         check_transport(ok)
     with pytest.raises(SubmitError, match=r"http://10\.0\.0\.5:8265 is plain http beyond loopback"):
         check_transport("http://10.0.0.5:8265")
