@@ -59,6 +59,15 @@ def tiny_dataset(tmp_path_factory):
     return root
 
 
+def one_rank_deepspeed_env(repo) -> dict:
+    """The environment of a child process that runs one DeepSpeed rank on CPU (gloo on a free loopback port), with
+    the repository importable: DeepSpeed's process group stays out of the test process."""
+    return dict(
+        os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", PYTHONPATH=str(repo),
+    )  # fmt: skip
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

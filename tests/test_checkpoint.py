@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_rank_deepspeed_env
 
 from system.checkpoint import CheckpointError, weights_only_loads
 
@@ -111,8 +112,7 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.timeout(300)
 def test_deepspeed_checkpoints_round_trip_weights_only_and_a_planted_payload_does_not_run(tmp_path):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(28500 + os.getpid() % 500),
-               RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", PYTHONPATH=str(REPO))  # fmt: skip
+    env = one_rank_deepspeed_env(REPO)
     r = subprocess.run(
         [sys.executable, "-c", CHILD, str(tmp_path)],
         env=env,

@@ -2,13 +2,13 @@
 with ZeRO 0 and one rank, the skipped self-exchange of gradients leaves the steps unchanged."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import one_rank_deepspeed_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,8 +50,7 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.timeout(240)
 def test_single_rank_zero0_skips_the_self_exchange_and_trains_the_same():
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 500),
-               RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", PYTHONPATH=str(REPO))  # fmt: skip
+    env = one_rank_deepspeed_env(REPO)
     r = subprocess.run(
         [sys.executable, "-c", CHILD], env=env, cwd=REPO, capture_output=True, text=True, timeout=200
     )

@@ -4,7 +4,6 @@ torch.compile."""
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_rank_deepspeed_env
 
 from system.losses import Stage1Loss, classwise_contrastive_loss, prototype_loss
 from system.models import create_clip, preprocess_for, tokenizer_for
@@ -179,8 +179,7 @@ ZERO_CHILD = textwrap.dedent(
 
 @pytest.mark.timeout(300)
 def test_clamp_reaches_deepspeed_master_weights_at_every_zero_stage_and_compile_keeps_keys():
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29000 + os.getpid() % 500),
-               RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", PYTHONPATH=str(REPO))  # fmt: skip
+    env = one_rank_deepspeed_env(REPO)
     r = subprocess.run(
         [sys.executable, "-c", ZERO_CHILD], env=env, cwd=REPO, capture_output=True, text=True, timeout=280
     )
