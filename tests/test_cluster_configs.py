@@ -1,6 +1,7 @@
 """cluster/: the launcher YAMLs pass Ray's own schema validation, the KubeRay manifests carry the required fields
-and the lock file's versions, the runtime_env pins equal the lock file, the RayJob entrypoints are configs that
-validate, and Ray's own packaging leaves runs, environments, VCS data, shards and credentials out of the upload."""
+and the lock file's versions and fix Ray's ports, which their NetworkPolicies admit from their own pods only, the
+runtime_env pins equal the lock file, the RayJob entrypoints are configs that validate, and Ray's own packaging
+leaves runs, environments, VCS data, shards and credentials out of the upload."""
 
 from __future__ import annotations
 
@@ -289,7 +290,9 @@ def _check_cluster_spec(spec: dict, where: str) -> None:
     head = spec["headGroupSpec"]
     assert head.get("serviceType", "ClusterIP") == "ClusterIP", f"{where}: the head service stays in-cluster"
     assert isinstance(head["rayStartParams"], dict)
-    assert head["rayStartParams"].get("dashboard-host") in (None, "127.0.0.1")
+    # All of the pod's interfaces: the operator comes through the head Service, KubeRay's probes and
+    # `kubectl port-forward` through the pod's loopback; the NetworkPolicy keeps it inside (checked below).
+    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0", f"{where}: the head binds its dashboard"
     groups = spec["workerGroupSpecs"]
     assert {g["groupName"] for g in groups} == {"cpu-data", "gpu-train"}
     templates = [("head", head["template"])] + [(g["groupName"], g["template"]) for g in groups]
@@ -317,7 +320,7 @@ def test_kuberay_raycluster():
     assert kinds == ["NetworkPolicy", "RayCluster"]
     policy, cluster = docs
     assert policy["apiVersion"] == "networking.k8s.io/v1"
-    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/cluster": cluster["metadata"]["name"]}
     assert cluster["apiVersion"] == "ray.io/v1" and cluster["metadata"]["name"]
     _check_cluster_spec(cluster["spec"], "raycluster.yaml")
 
@@ -330,7 +333,8 @@ def test_kuberay_rayjob(name, stage):
     from system.spaces import load_space
     from system.submit import available_stages, cluster_path_overrides
 
-    (job,) = _docs(name)
+    policy, job = _docs(name)
+    assert policy["kind"] == "NetworkPolicy" and policy["apiVersion"] == "networking.k8s.io/v1"
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob" and job["metadata"]["name"]
     spec = job["spec"]
     _check_cluster_spec(spec["rayClusterSpec"], name)
@@ -376,6 +380,339 @@ def test_kuberay_manifests_open_nothing_outside_the_cluster():
             )
             text = yaml.safe_dump(doc)
             assert "LoadBalancer" not in text and "NodePort" not in text, path.name
+
+
+# ---------------------------------------------------------------------------------- KubeRay ports and NetworkPolicy
+
+KUBERAY_FILES = ("raycluster.yaml", "rayjob-pretrain.yaml", "rayjob-sweep.yaml")
+# Ray's ports, fixed in rayStartParams so that each manifest's NetworkPolicy can name them (cluster/README.md,
+# "KubeRay"). KubeRay's probes call 52365 and 8265 by these defaults; the head declares 6379 and 8265 as container
+# ports, which its Service publishes.
+HEAD_PORTS = {"port": 6379, "dashboard-port": 8265, "ray-client-server-port": 10001}
+NODE_PORTS = {
+    "node-manager-port": 8077,
+    "object-manager-port": 8076,
+    "dashboard-agent-grpc-port": 8078,
+    "dashboard-agent-listen-port": 52365,
+    "runtime-env-agent-port": 8079,
+    "metrics-export-port": 8080,
+    "min-worker-port": 10002,
+    "max-worker-port": 19999,
+}
+JOB_API = {8265}  # all that RayJob submitters and the KubeRay operator may reach
+CLIENT_LABELS = {"uniproto/ray-client": "true"}
+OPERATOR_NAMESPACE = "ray-system"  # the policies' value; each says to edit it to the install's namespace
+NAMESPACE = "ml"  # any namespace the manifests are applied in
+EVERY_PORT = frozenset(range(1, 65536))
+
+
+def _ray_pods(doc: dict) -> list[tuple[str, dict, dict]]:
+    """(group, rayStartParams, pod labels) per pod group, labelled as KubeRay labels the pods: the template's labels
+    plus ray.io/cluster (the RayCluster's name; a RayJob's cluster is named <job>-<random>), ray.io/node-type and
+    ray.io/group, which a template cannot override."""
+    if doc["kind"] == "RayJob":
+        spec, cluster = doc["spec"]["rayClusterSpec"], f"{doc['metadata']['name']}-x7k2q"
+    else:
+        spec, cluster = doc["spec"], doc["metadata"]["name"]
+    groups = [("headgroup", "head", spec["headGroupSpec"])]
+    groups += [(g["groupName"], "worker", g) for g in spec["workerGroupSpecs"]]
+    pods = []
+    for group, node_type, g in groups:
+        labels = dict(g["template"].get("metadata", {}).get("labels", {}))
+        labels.update({"ray.io/cluster": cluster, "ray.io/node-type": node_type, "ray.io/group": group})
+        pods.append((group, g["rayStartParams"], labels))
+    return pods
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector: every matchLabels pair and matchExpression holds ({} selects everything)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        held = {
+            "In": labels.get(key) in values,
+            "NotIn": key in labels and labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
+        if not held:
+            return False
+    return True
+
+
+def _rule_ports(rule: dict) -> set[int]:
+    """The TCP ports one ingress rule opens: every port when it lists none."""
+    if not rule.get("ports"):
+        return set(EVERY_PORT)
+    ports = set()
+    for p in rule["ports"]:
+        assert p.get("protocol", "TCP") == "TCP" and isinstance(p["port"], int), p  # numbers, not port names
+        ports |= set(range(p["port"], p.get("endPort", p["port"]) + 1))
+    return ports
+
+
+def _admitted(policy: dict, namespace: str, labels: dict) -> set[int]:
+    """The ports a pod (its namespace, its labels) may reach on the pods the policy selects; the policy lives in
+    NAMESPACE. A rule without `from` admits every source; a peer without namespaceSelector means NAMESPACE."""
+    ports = set()
+    for rule in policy["spec"].get("ingress", []):
+        peers = rule.get("from") or [{"namespaceSelector": {}, "podSelector": {}}]
+        for peer in peers:
+            if "ipBlock" in peer:
+                ok = True  # an address range says nothing about which pod: count it as open
+            elif "namespaceSelector" in peer:
+                ns = _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+                ok = ns and _selects(peer.get("podSelector", {}), labels)
+            else:
+                ok = namespace == NAMESPACE and _selects(peer["podSelector"], labels)
+            if ok:
+                ports |= _rule_ports(rule)
+                break
+    return ports
+
+
+def _fixed_ports(params: dict) -> set[int]:
+    """The ports one pod group's rayStartParams fix: the single ports and the worker range."""
+    single = {int(v) for k, v in params.items() if k in HEAD_PORTS or k in NODE_PORTS}
+    single -= {int(params["min-worker-port"]), int(params["max-worker-port"])}
+    return single | set(range(int(params["min-worker-port"]), int(params["max-worker-port"]) + 1))
+
+
+def kuberay_network_problems(docs: list[dict]) -> list[str]:
+    """What leaves a manifest's Ray pods open or unreachable ([] if nothing): port keys a group does not fix (or
+    fixes differently from the others), a head without dashboard-host, pods the NetworkPolicy does not select, a
+    rule without ports or sources, fixed ports it does not admit from the cluster's own pods, and anything beyond
+    the job API it admits to submitters, the operator, other pods or other clusters."""
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    clusters = [d for d in docs if d["kind"] in {"RayCluster", "RayJob"}]
+    if len(policies) != 1 or len(clusters) != 1:
+        return [f"{len(policies)} NetworkPolicies for {len(clusters)} clusters: one each"]
+    (policy,), (cluster,) = policies, clusters
+    problems = []
+    pods = _ray_pods(cluster)
+    complete = {}  # group -> its rayStartParams, for the groups that fix every port key they should
+    for group, params, labels in pods:
+        head = labels["ray.io/node-type"] == "head"
+        keys = [*HEAD_PORTS, *NODE_PORTS] if head else list(NODE_PORTS)
+        problems += [f"{group}: {k} is not fixed in rayStartParams" for k in keys if k not in params]
+        problems += [
+            f"{group}: {k} is {v!r}, not a string" for k, v in params.items() if not isinstance(v, str)
+        ]
+        if head and not params.get("dashboard-host"):
+            problems.append(f"{group}: dashboard-host is not set")
+        if not _selects(policy["spec"]["podSelector"], labels):
+            problems.append(f"{group}: its pods are not selected by the NetworkPolicy")
+        if all(k in params for k in keys):
+            complete[group] = params
+    fixed = set().union(*(_fixed_ports(params) for params in complete.values()))
+    for group, params, labels in pods:
+        if group not in complete:
+            continue
+        if int(params["min-worker-port"]) >= int(params["max-worker-port"]):
+            problems.append(f"{group}: min-worker-port >= max-worker-port")
+        admitted = _admitted(policy, NAMESPACE, labels)
+        if missing := _fixed_ports(params) - admitted:
+            problems.append(
+                f"{group}: fixed ports {sorted(missing)[:5]} not admitted from the cluster's own pods"
+            )
+        if extra := admitted - fixed:
+            problems.append(f"{group}: ports {sorted(extra)[:5]} admitted that no group fixes")
+    node_ports = {group: {k: params[k] for k in NODE_PORTS} for group, params in complete.items()}
+    if len({tuple(sorted(p.items())) for p in node_ports.values()}) > 1:
+        problems.append(f"the groups fix different ports: {node_ports}")
+    for i, rule in enumerate(policy["spec"].get("ingress", [])):
+        if not rule.get("ports"):
+            problems.append(f"ingress rule {i} lists no ports: it opens every port")
+        if not rule.get("from"):
+            problems.append(f"ingress rule {i} lists no sources: it admits every pod and address")
+    submitter = (
+        cluster["spec"].get("submitterPodTemplate", {}).get("metadata", {}).get("labels", CLIENT_LABELS)
+    )
+    operator = {"app.kubernetes.io/component": "kuberay-operator"}
+    other_cluster = {"ray.io/cluster": "other", "ray.io/node-type": "worker", "uniproto/ray-cluster": "other"}
+    for who, namespace, labels, want in [
+        ("a RayJob submitter", NAMESPACE, submitter, JOB_API),
+        ("the KubeRay operator", OPERATOR_NAMESPACE, operator, JOB_API),
+        ("another pod of the namespace", NAMESPACE, {"app": "web"}, set()),
+        ("another Ray cluster's pod", NAMESPACE, other_cluster, set()),
+        ("a client-labelled pod of another namespace", "elsewhere", CLIENT_LABELS, set()),
+    ]:
+        got = _admitted(policy, namespace, labels)
+        if got != want:
+            problems.append(
+                f"{who} may reach {sorted(got)[:5]}{'...' if len(got) > 5 else ''}, not {sorted(want)}"
+            )
+    return problems
+
+
+def _ray_start(params: dict, head: bool) -> dict:
+    """Ray's own CLI parses the `ray start` line KubeRay builds from rayStartParams (`--key=value`; "true" is a bare
+    flag) and returns its values: an unknown flag or a non-integer port fails here as it would in the pod."""
+    from ray.scripts.scripts import start
+
+    argv = ["--head"] if head else ["--address=uniproto-head-svc:6379"]
+    for key, value in sorted({**params, "block": "true"}.items()):
+        argv += [f"--{key}"] if value.lower() == "true" else [f"--{key}={value}"]
+    return start.make_context("ray start", argv).params
+
+
+def _reserved_ports(params: dict, head: bool) -> set[int]:
+    """The ports `ray start` reserves for these rayStartParams, through Ray's own check, which raises when two
+    components share a port or one falls inside the worker range."""
+    from ray._private.parameter import RayParams
+
+    parsed = _ray_start(params, head)
+    ray_params = RayParams(
+        min_worker_port=parsed["min_worker_port"],
+        max_worker_port=parsed["max_worker_port"],
+        ray_client_server_port=parsed["ray_client_server_port"],
+        object_manager_port=parsed["object_manager_port"],
+        node_manager_port=parsed["node_manager_port"],
+        dashboard_port=parsed["dashboard_port"],
+        dashboard_agent_listen_port=parsed["dashboard_agent_listen_port"],
+        metrics_agent_port=parsed["dashboard_agent_grpc_port"],
+        runtime_env_agent_port=parsed["runtime_env_agent_port"],
+        metrics_export_port=parsed["metrics_export_port"],
+    )
+    ray_params.gcs_server_port = parsed["port"] if head else None
+    ray_params.update_pre_selected_port()
+    return ray_params.reserved_ports
+
+
+@pytest.mark.parametrize("name", KUBERAY_FILES)
+def test_kuberay_ray_ports_are_fixed_and_equal_in_every_pod_group(name):
+    (cluster,) = [d for d in _docs(name) if d["kind"] in {"RayCluster", "RayJob"}]
+    pods = _ray_pods(cluster)
+    assert [g for g, _, _ in pods] == ["headgroup", "cpu-data", "gpu-train"]
+    for group, params, labels in pods:
+        head = labels["ray.io/node-type"] == "head"
+        assert all(isinstance(v, str) for v in params.values()), f"{name}: {group}: KubeRay takes strings"
+        want = {**HEAD_PORTS, **NODE_PORTS} if head else NODE_PORTS
+        assert {k: int(v) for k, v in params.items() if k in want} == want, f"{name}: {group}"
+        assert not HEAD_PORTS.keys() & params.keys() or head, f"{name}: {group}: head-only ports on a worker"
+        parsed = _ray_start(params, head)
+        assert parsed["min_worker_port"] < parsed["max_worker_port"]
+        assert parsed["dashboard_agent_listen_port"] == 52365  # KubeRay's probes call this port
+        assert _reserved_ports(params, head) >= _fixed_ports(params), f"{name}: {group}"
+        if head:
+            assert parsed["dashboard_host"] == "0.0.0.0" and parsed["dashboard_port"] == 8265
+            (c,) = _containers(
+                cluster["spec"].get("rayClusterSpec", cluster["spec"])["headGroupSpec"]["template"]
+            )
+            declared = {p["name"]: p["containerPort"] for p in c["ports"]}
+            assert declared == {"gcs-server": parsed["port"], "dashboard": parsed["dashboard_port"]}
+    readme = (CLUSTER / "README.md").read_text()
+    for port in [*HEAD_PORTS.values(), *NODE_PORTS.values()]:
+        assert str(port) in readme, f"cluster/README.md does not list port {port}"
+
+
+@pytest.mark.parametrize("name", KUBERAY_FILES)
+def test_kuberay_network_policy_admits_the_fixed_ports_and_nothing_else(name):
+    docs = _docs(name)
+    kinds = [d["kind"] for d in docs]
+    assert kinds in (["NetworkPolicy", "RayCluster"], ["NetworkPolicy", "RayJob"]), "the policy comes first"
+    assert kuberay_network_problems(docs) == []
+    policy, cluster = docs
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and len(policy["spec"]["ingress"]) == 3
+    pods = _ray_pods(cluster)
+    # It selects the head and every worker group, and only this cluster's pods.
+    selected = [g for g, _, labels in pods if _selects(policy["spec"]["podSelector"], labels)]
+    assert selected == ["headgroup", "cpu-data", "gpu-train"]
+    if cluster["kind"] == "RayCluster":  # named by KubeRay's own label
+        assert policy["spec"]["podSelector"] == {
+            "matchLabels": {"ray.io/cluster": cluster["metadata"]["name"]}
+        }
+    else:  # a RayJob's cluster is <job>-<random>: its pod templates carry the job's name instead
+        assert policy["spec"]["podSelector"] == {
+            "matchLabels": {"uniproto/ray-cluster": cluster["metadata"]["name"]}
+        }
+    # From the cluster's own pods: exactly the fixed ports, the worker range as one port..endPort entry.
+    singles = sorted({*HEAD_PORTS.values(), *NODE_PORTS.values()} - {10002, 19999})
+    own = policy["spec"]["ingress"][0]
+    assert sorted(p["port"] for p in own["ports"] if "endPort" not in p) == singles
+    assert [(p["port"], p["endPort"]) for p in own["ports"] if "endPort" in p] == [(10002, 19999)]
+    for _, _, labels in pods:
+        admitted = _admitted(policy, NAMESPACE, labels)
+        assert admitted == set(singles) | set(range(10002, 20000))
+    # The job API for clients: pods labelled uniproto/ray-client in this namespace and the operator's namespace.
+    clients = policy["spec"]["ingress"][1:]
+    assert [r["ports"] for r in clients] == [[{"port": 8265, "protocol": "TCP"}]] * 2
+    assert clients[0]["from"] == [{"podSelector": {"matchLabels": CLIENT_LABELS}}]
+    assert clients[1]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}}}
+    ]
+    assert "Edit to match" in (KUBERAY / name).read_text()
+
+
+def test_kuberay_network_checks_catch_open_or_partial_setups():
+    """What the manifests shipped before (a policy on the head only, a rule admitting every port from any Ray
+    pod, workers on random ports), and one-edit slips from the current ones."""
+    docs = _docs("raycluster.yaml")
+
+    def problems(edit) -> list[str]:
+        broken = copy.deepcopy(docs)
+        edit(*broken)
+        return kuberay_network_problems(broken)
+
+    def old_setup(policy, cluster):
+        policy["spec"]["podSelector"] = {"matchLabels": {"ray.io/node-type": "head"}}
+        policy["spec"]["ingress"][0] = {
+            "from": [{"podSelector": {"matchExpressions": [{"key": "ray.io/cluster", "operator": "Exists"}]}}]
+        }
+        for g in cluster["spec"]["workerGroupSpecs"]:
+            g["rayStartParams"] = {}
+        del cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"]
+
+    found = problems(old_setup)
+    assert "headgroup: dashboard-host is not set" in found
+    assert "gpu-train: its pods are not selected by the NetworkPolicy" in found
+    assert "cpu-data: object-manager-port is not fixed in rayStartParams" in found
+    assert "ingress rule 0 lists no ports: it opens every port" in found
+    assert any(p.startswith("another Ray cluster's pod may reach [1, 2, 3") for p in found)
+
+    def drop_client_ports(policy, cluster):
+        del policy["spec"]["ingress"][1]["ports"]
+
+    found = problems(drop_client_ports)
+    assert "ingress rule 1 lists no ports: it opens every port" in found
+    assert any(p.startswith("a RayJob submitter may reach [1, 2, 3") for p in found)
+
+    def drop_sources(policy, cluster):
+        del policy["spec"]["ingress"][2]["from"]
+
+    found = problems(drop_sources)
+    assert "ingress rule 2 lists no sources: it admits every pod and address" in found
+    assert "another pod of the namespace may reach [8265], not []" in found
+
+    def worker_port_differs(policy, cluster):
+        cluster["spec"]["workerGroupSpecs"][1]["rayStartParams"]["object-manager-port"] = "8090"
+
+    found = problems(worker_port_differs)
+    assert any(p.startswith("the groups fix different ports") for p in found)
+    assert "gpu-train: fixed ports [8090] not admitted from the cluster's own pods" in found
+
+    def narrow_range(policy, cluster):
+        policy["spec"]["ingress"][0]["ports"][-1]["endPort"] = 10999
+
+    assert (
+        "headgroup: fixed ports [11000, 11001, 11002, 11003, 11004] not admitted from the cluster's own pods"
+        in (problems(narrow_range))
+    )
+
+    def integer_port(policy, cluster):
+        cluster["spec"]["headGroupSpec"]["rayStartParams"]["port"] = 6379
+
+    assert "headgroup: port is 6379, not a string" in problems(integer_port)
+
+    # Ray's CLI refuses a misspelt key, and Ray's port check a port inside the worker range.
+    import click
+
+    worker = docs[1]["spec"]["workerGroupSpecs"][0]["rayStartParams"]
+    with pytest.raises(click.NoSuchOption):
+        _ray_start({**worker, "node-manger-port": "8077"}, head=False)
+    with pytest.raises(ValueError, match="used by other components"):
+        _reserved_ports({**worker, "metrics-export-port": "10005"}, head=False)
 
 
 # ---------------------------------------------------------------------------------- GPU images and drivers

@@ -75,7 +75,7 @@ def test_id_hash_and_metadata(tiny_dataset):
     assert a.submission_id == b.submission_id and a.config_hash == b.config_hash
     assert re.fullmatch(r"uniproto-run-exp1-[0-9a-f]{10}", a.submission_id)
     assert a.submission_id.endswith(a.config_hash[:10]) and len(a.config_hash) == 64
-    c, _ = _plan(sets + ["train.epochs=3"])
+    c, _ = _plan(sets + ["train.steps=30"])
     assert c.config_hash != a.config_hash  # any value change is a different job
     assert set(a.metadata) == {
         "uniproto_stage",
@@ -345,6 +345,12 @@ def test_our_scripts_never_bind_the_dashboard_beyond_loopback():
     files += [p for p in (REPO / ".ci").rglob("*") if p.is_file()]
     for path in files:
         text = path.read_text()
+        if path.parent.name == "kuberay":
+            # A KubeRay head binds all of the pod's interfaces (the operator, KubeRay's probes and port-forward
+            # need it); its NetworkPolicy keeps the port inside (test_cluster_configs). Exactly that one line.
+            bind = 'dashboard-host: "0.0.0.0"'
+            assert text.count("0.0.0.0") == text.count(bind) == 1, f"{path.relative_to(REPO)}"
+            text = text.replace(bind, "")
         assert "0.0.0.0" not in text, f"{path.relative_to(REPO)} mentions 0.0.0.0"
         for m in re.finditer(r"dashboard[-_]host\W+([\w.:]+)", text):
             assert m.group(1) == "127.0.0.1", f"{path.relative_to(REPO)}: {m.group(0)}"
