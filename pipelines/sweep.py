@@ -153,6 +153,7 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
             "params": best["params"],
             "lambda": lam,
             "val_top1": best["val_top1"],
+            "head_l2": best.get("head_l2"),  # the convex head's L2 strength, chosen on val (None: sgd fit)
         },
         "results": {k: {g: v[g] for g in ("overall", "many", "medium", "few")} for k, v in results.items()},
         "per_class": final["per_class"],

@@ -170,11 +170,13 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Our stage-1 stream, consumed the way a Train worker consumes its shard of it."""
     from system.ray_cluster import init_ray
     from system.ray_data import configure_data_context, train_batches, train_dataset
+    from system.schedule import stage1_schedule
 
     cfg, manifest, pools = _inputs(spec)
     init_ray(cfg)
     configure_data_context(cfg)
-    ds = train_dataset(cfg, manifest, spec["paths"], pools)
+    schedule = stage1_schedule(cfg.train, int(sum(manifest.train_counts)))
+    ds = train_dataset(cfg, schedule, manifest, spec["paths"], pools)
     return steady_state(train_batches(ds, cfg), spec["warmup"], spec["batches"] or None)
 
 

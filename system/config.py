@@ -129,7 +129,14 @@ class TrainSection:
     num_workers: int = knob(2, lo=1)
     cpus_per_worker: float = knob(1.0, gt=0.0)
     use_gpu: bool = False
-    epochs: int = knob(6, lo=1)
+    # The run's length: train.steps optimizer steps (samples seen = steps x global batch; epochs derived, the
+    # last one partial), the same on any dataset size, or train.epochs passes over the train split. Set one;
+    # the other null (system/schedule.py).
+    epochs: int | None = knob(6, lo=1)
+    steps: int | None = knob(None, lo=1)
+    # under train.steps: reports in the run (val probe, checkpoint, one Tune iteration each), evenly spaced;
+    # under train.epochs the run reports at every epoch end
+    reports: int = knob(10, lo=1)
     micro_batch_size: int = knob(64, lo=2)  # per worker; global batch = micro x accum x workers
     grad_accum: int = knob(1, lo=1)
     zero_stage: int = knob(0, lo=0, hi=3)
@@ -162,9 +169,21 @@ class TrainSection:
 @dataclass
 class FinetuneSection:
     head: Literal["linear", "mlp"] = "linear"
+    # convex: the linear head as class-weighted logistic regression, solved full-batch (L-BFGS) at each L2
+    # strength of a log grid [l2_min, l2_max] and chosen on the selection split (system/linear_probe.py): no
+    # epoch count, the same on any dataset size. sgd: AdamW for `epochs` epochs (the mlp head's only fit).
+    head_fit: Literal["convex", "sgd"] = "convex"
+    l2_min: float = knob(1e-6, gt=0.0)
+    l2_max: float = knob(1e-1, gt=0.0)
+    l2_points: int = knob(6, lo=1)
+    probe_max_iter: int = knob(
+        500, lo=1
+    )  # L-BFGS iterations per grid point (a tolerance ends most fits sooner)
+    # the sgd fit: epochs over the train features, AdamW lr and weight decay, batch (below)
     epochs: int = knob(40, lo=1)
     lr: float = knob(1e-2, gt=0.0)
     weight_decay: float = knob(5e-4, lo=0.0)
+    # class balance of the head's loss: resampling by n_c^-q (sgd) or class weights n_c^-q (convex); q = 0, 1/2, 1
     balanced_sampling: Literal["none", "sqrt", "balanced"] = "sqrt"
     proto_scale: float = knob(16.0, gt=0.0)  # s_p: scale of the cosine prototype logits
     # post-hoc logit adjustment of the learnable head (Menon et al.): tau * log(prior) subtracted at inference
@@ -211,7 +230,7 @@ class SweepSection:
     max_concurrent: int | None = knob(None, lo=1)  # None: as many trials as the cluster's CPUs/GPUs hold
     search: Literal["basic", "optuna"] = "basic"  # basic: grid + random sampling; optuna: seeded TPE
     scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials at epoch rungs
-    asha_grace_epochs: int = knob(1, lo=1)  # no trial is stopped before this many stage-1 epochs
+    asha_grace_epochs: int = knob(1, lo=1)  # no trial is stopped before this many stage-1 reports (epochs)
     asha_reduction_factor: float = knob(2.0, gt=1.0)
 
 
@@ -248,15 +267,15 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _check_type(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            except ConfigError:
+                pass
+        names = [_describe(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
+        raise ConfigError(f"{key}: expected {' or '.join(names)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -288,6 +307,12 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported field type {tp!r}")  # a schema bug, not a user error
+
+
+def _describe(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp) or _type_name(
+        tp
+    )
 
 
 def _type_name(tp: Any) -> str:
@@ -386,9 +411,26 @@ def _validate_cross(cfg: Config) -> None:
             f"eval.stage1_val_samples: sweep.{'scheduler=asha' if cfg.sweep.scheduler == 'asha' else 'search=optuna'}"
             " needs the per-epoch val probe; set eval.stage1_val_samples > 0"
         )
-    if cfg.sweep.scheduler == "asha" and cfg.sweep.asha_grace_epochs > cfg.train.epochs:
+    if cfg.finetune.head_fit == "convex" and cfg.finetune.head != "linear":
         raise ConfigError(
-            f"sweep.asha_grace_epochs: must be <= train.epochs ({cfg.train.epochs}), got {cfg.sweep.asha_grace_epochs}"
+            f"finetune.head_fit: convex fits a linear head only; finetune.head={cfg.finetune.head} needs "
+            "finetune.head_fit=sgd"
+        )
+    if cfg.finetune.l2_min > cfg.finetune.l2_max:
+        raise ConfigError(
+            f"finetune.l2_min: must be <= finetune.l2_max ({cfg.finetune.l2_max}), got {cfg.finetune.l2_min}"
+        )
+    if (cfg.train.steps is None) == (cfg.train.epochs is None):
+        raise ConfigError(
+            f"train.steps: set either train.steps ({cfg.train.steps}) or train.epochs ({cfg.train.epochs}), "
+            "and the other to null (train.steps means the same on any dataset size)"
+        )
+    # ASHA's rungs are reports: every epoch end under train.epochs, train.reports of them under train.steps
+    reports = cfg.train.epochs if cfg.train.steps is None else min(cfg.train.reports, cfg.train.steps)
+    if cfg.sweep.scheduler == "asha" and reports is not None and cfg.sweep.asha_grace_epochs > reports:
+        raise ConfigError(
+            f"sweep.asha_grace_epochs: must be <= the run's {reports} reports (train.epochs, or train.reports "
+            f"under train.steps), got {cfg.sweep.asha_grace_epochs}"
         )
     if not RUN_NAME_RE.match(cfg.run.name):
         # One rule for every entry point: the name is a directory under run.output_dir, a Ray Train/Tune run

@@ -14,6 +14,7 @@ import torch
 
 from system.config import EvalSection, FinetuneSection
 from system.heads import blend_logits, class_mean_prototypes, lambda_curve, train_head
+from system.linear_probe import ProbeFit, fit_linear_probe, l2_grid
 from system.metrics import shot_accuracy
 
 
@@ -24,13 +25,30 @@ class BranchLogits:
     labels: np.ndarray  # [N]
 
 
+@dataclass
+class Stage2Fit:
+    head: torch.nn.Module  # features [N, d] -> logits [N, K], eval mode
+    mu: torch.Tensor  # [K, d] class-mean prototypes of the train split
+    probe: ProbeFit | None  # how the convex head was chosen (None for the sgd fit)
+
+
 def fit_stage2(
-    train_features: np.ndarray, train_labels: np.ndarray, num_classes: int, cfg: FinetuneSection, seed: int
-) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The learnable head and the class-mean prototypes mu [K, d] from the train split."""
+    train: tuple[np.ndarray, np.ndarray],
+    select: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    cfg: FinetuneSection,
+    seed: int,
+) -> Stage2Fit:
+    """The learnable head and the class-mean prototypes from the train split (features [N, d], labels [N]); the
+    convex head's L2 strength is chosen on `select` (the selection split), never on the report split."""
+    train_features, train_labels = train
     f = torch.from_numpy(train_features)
     y = torch.from_numpy(train_labels)
     mu = class_mean_prototypes(f, y, num_classes)  # [K, d]
+    if cfg.head_fit == "convex":
+        grid = l2_grid(cfg.l2_min, cfg.l2_max, cfg.l2_points)
+        probe = fit_linear_probe(train, select, num_classes, grid, cfg.balanced_sampling, cfg.probe_max_iter)
+        return Stage2Fit(probe.head, mu, probe)
     head = train_head(
         f,
         y,
@@ -43,7 +61,7 @@ def fit_stage2(
         balanced_sampling=cfg.balanced_sampling,
         seed=seed,
     )
-    return head, mu
+    return Stage2Fit(head, mu, None)
 
 
 def logit_adjustment(train_counts: list[int], tau: float) -> torch.Tensor | None:

@@ -20,6 +20,7 @@ from system.data.augment import Augment
 from system.data.dataset_dir import Manifest
 from system.data.decode import resample_factors
 from system.ray_reader import decode_and_record, read_shards
+from system.schedule import Schedule
 from system.text.pairing import TextPairer
 from system.text.scorers import scorer_options
 
@@ -160,7 +161,12 @@ def epoch_shard_order(paths: Sequence[str], epochs: int, seed: int) -> list[str]
 
 
 def train_dataset(
-    cfg: Config, manifest: Manifest, paths: Sequence[str], pools: dict[int, list[str]], ledger=None
+    cfg: Config,
+    schedule: Schedule,
+    manifest: Manifest,
+    paths: Sequence[str],
+    pools: dict[int, list[str]],
+    ledger=None,
 ) -> ray.data.Dataset:
     """The stage-1 stream for the whole run: decoded + resampled images paired with filtered class text.
 
@@ -168,7 +174,7 @@ def train_dataset(
     train loop cuts it into epochs by sample count. Iterating once per epoch instead would rebuild the
     pipeline, text-filter actors included, at every epoch boundary (about half of each epoch on 2 cores).
     """
-    ordered = epoch_shard_order(list(paths), cfg.train.epochs, cfg.run.seed)
+    ordered = epoch_shard_order(list(paths), schedule.stream_epochs, cfg.run.seed)
     ds = decoded_split(cfg, manifest, ordered, resample=cfg.data.resample, augment=True, ledger=ledger)
     return with_text_pairing(cfg, manifest, ds, pools)
 

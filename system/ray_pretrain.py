@@ -32,6 +32,7 @@ from system.models import add_class_head, create_clip, preprocess_for
 from system.optim import build_adamw
 from system.ray_data import configure_data_context, train_batches, train_dataset, val_probe
 from system.ray_monitor import TrainMonitor
+from system.schedule import Schedule, stage1_schedule
 from system.stage1_step import (
     Stage1Step,
     StepResult,
@@ -54,11 +55,6 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
     return _all_reduce(torch.tensor(values, dtype=torch.float64)).tolist()
-
-
-# Fewer optimizer steps than this in a whole stage-1 run rarely learn anything (a 300-image dataset at the demo's
-# batch gets 16 in 6 epochs); the run goes on, with a warning.
-SHORT_RUN_STEPS = 100
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -90,11 +86,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         proto_modalities=cfg.loss.proto_modalities,
         ce_weight=cfg.loss.ce_weight,
     )
-    global_batch = cfg.train.micro_batch_size * cfg.train.grad_accum * world
-    steps_per_epoch = max(int(loop_config["rows_per_epoch"]) // global_batch, 1)
+    schedule: Schedule = loop_config["schedule"]
     optimizer = build_adamw(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(steps_per_epoch * cfg.train.epochs, cfg.optim.warmup_fraction)
+        optimizer, warmup_cosine(schedule.total_steps, cfg.optim.warmup_fraction)
     )
     engine, _, _, _ = deepspeed.initialize(
         model=model,
@@ -127,14 +122,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     micro = step * cfg.train.grad_accum  # micro-batches consumed; `step` counts optimizer steps
 
     meter = EpochMeter(resumed_from_step=step)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if rank == 0 and total_steps < SHORT_RUN_STEPS:
-        print(
-            f"[stage1] warning: {total_steps} optimizer steps in all ({steps_per_epoch} per epoch x "
-            f"{cfg.train.epochs} epochs at a global batch of {global_batch}): likely too few to learn; raise "
-            "train.epochs (small datasets need more epochs for the same number of steps)",
-            flush=True,
-        )
+    total_steps, resumed_at = schedule.total_steps, step
+    if rank == 0 and schedule.warning():
+        print(f"[stage1] warning: {schedule.warning()}", flush=True)
     batches = train_batches(ray.train.get_dataset_shard("train"), cfg, device)
     engine.train()
     t_wait = time.perf_counter()
@@ -153,17 +143,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             continue
         clamp_logit_scale_(module_of(engine))  # after the optimizer step, as open_clip
         step += 1
-        if step % steps_per_epoch == 0:
-            _end_epoch(engine, cfg, meter, probe, step // steps_per_epoch, step, world, rank)
+        if step >= total_steps:
+            pass  # the last report is made after the loop
+        elif schedule.is_report_step(step):
+            _end_epoch(engine, cfg, schedule, meter, probe, schedule.report_of(step), step, world, rank)
         elif cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
-            # Mid-epoch checkpoint: Tune does not see it (EpochReports forwards epoch ends only).
-            _save_and_report(
-                engine, cfg, {"kind": "checkpoint", "epoch": step / steps_per_epoch, "step": step}, rank
-            )
+            # Between reports: Tune does not see it (EpochReports forwards reports only).
+            epoch = step * schedule.reports / schedule.total_steps  # fractional: between two reports
+            _save_and_report(engine, cfg, {"kind": "checkpoint", "epoch": epoch, "step": step}, rank)
         t_wait = time.perf_counter()
-    if step % steps_per_epoch and step < total_steps:
-        # Stochastic resampling made the stream a little short: close the last epoch where it ended.
-        _end_epoch(engine, cfg, meter, probe, cfg.train.epochs, step, world, rank)
+    if step > resumed_at and (step == total_steps or not schedule.is_report_step(step)):
+        # The last report, at the run's last step (or where a stream that stochastic resampling made a little
+        # short ended).
+        _end_epoch(engine, cfg, schedule, meter, probe, schedule.reports, step, world, rank)
 
 
 class StageOneProbe:
@@ -323,7 +315,15 @@ class EpochMeter:
 
 
 def _end_epoch(
-    engine, cfg: Config, meter: EpochMeter, probe, epoch: int, step: int, world: int, rank: int
+    engine,
+    cfg: Config,
+    schedule: Schedule,
+    meter: EpochMeter,
+    probe,
+    epoch: int,
+    step: int,
+    world: int,
+    rank: int,
 ) -> None:
     """Reduce metrics, print progress on rank 0, checkpoint (all ranks save, then all report) or just report."""
     metrics = meter.reduce(world)
@@ -335,7 +335,8 @@ def _end_epoch(
         metrics["val_score"] = metrics["val_ncm_top1"]
     metrics.update(
         resumed_from_step=meter.resumed_from_step,
-        epoch=epoch,
+        epoch=epoch,  # the report's index (the epoch under train.epochs; system/schedule.py)
+        data_epoch=schedule.epoch_of(step),
         step=step,
         lr=float(engine.get_lr()[0]),
     )
@@ -347,12 +348,12 @@ def _end_epoch(
             else ""
         )
         print(
-            f"[stage1] epoch {epoch}/{cfg.train.epochs} step {step} {terms}{probe_txt} "
+            f"[stage1] epoch {epoch}/{schedule.reports} step {step}/{schedule.total_steps} {terms}{probe_txt} "
             f"{metrics['samples_per_s']:.0f} samples/s, data-wait {100 * metrics['data_wait_fraction']:.0f}%",
             flush=True,
         )
     metrics["kind"] = "epoch"
-    if epoch == cfg.train.epochs or epoch % cfg.train.checkpoint_every_epochs == 0:
+    if epoch == schedule.reports or epoch % cfg.train.checkpoint_every_epochs == 0:
         _save_and_report(engine, cfg, metrics, rank)
     else:
         ray.train.report(metrics)
@@ -393,7 +394,7 @@ def build_trainer(
     cfg: Config,
     train_dataset: ray.data.Dataset,
     prototypes: np.ndarray,
-    rows_per_epoch: int,
+    schedule: Schedule,
     name: str,
     storage_path: str,
     callbacks: list | None = None,
@@ -412,7 +413,7 @@ def build_trainer(
         train_loop_config={
             "cfg": cfg.to_dict(),
             "prototypes_ref": ray.put(prototypes),
-            "rows_per_epoch": rows_per_epoch,
+            "schedule": schedule,
             "probe_ref": ray.put(probe) if probe is not None else None,
             "class_names": list(class_names or []),
         },
@@ -429,7 +430,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             callbacks=[
-                TrainMonitor(name, cfg.train.epochs, tensorboard_dir(storage, name), bar=not in_tune),
+                TrainMonitor(name, schedule.reports, tensorboard_dir(storage, name), bar=not in_tune),
                 *(callbacks or []),
             ],
             worker_runtime_env={"env_vars": env} if env else None,
@@ -442,7 +443,9 @@ def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list |
     (system.ray_reader.new_ledger), the train stream's skip counts are recorded in it."""
     configure_data_context(cfg)
     manifest: Manifest = shared["manifest"]
-    ds = train_dataset(cfg, manifest, shared["paths"]["train"], shared["pools"], ledger=ledger)
+    # resampling keeps the epoch size in expectation
+    schedule = stage1_schedule(cfg.train, int(sum(manifest.train_counts)))
+    ds = train_dataset(cfg, schedule, manifest, shared["paths"]["train"], shared["pools"], ledger=ledger)
     probe = None
     if cfg.eval.stage1_val_samples:
         split = cfg.eval.select_split
@@ -451,7 +454,7 @@ def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list |
         cfg,
         ds,
         shared["prototypes"],
-        int(sum(manifest.train_counts)),  # resampling keeps the epoch size in expectation
+        schedule,
         name=name,
         storage_path=shared["storage_path"],
         callbacks=callbacks,

@@ -46,6 +46,7 @@ from system.ray_data import configure_data_context, extract_features
 from system.ray_monitor import EpochReports
 from system.ray_pretrain import run_stage1
 from system.ray_reader import ledger_summary, new_ledger
+from system.schedule import stage1_schedule
 from system.spaces import Space, split_space
 
 LOGITS_FILE = "logits.npz"
@@ -68,8 +69,9 @@ def run_stage2(
         split: extract_features(cfg, manifest, paths[split], weights, ledger=ledgers[split])
         for split in paths
     }
-    head, mu = fit_stage2(*feats["train"], manifest.num_classes, cfg.finetune, cfg.run.seed)
     sel, rep = cfg.eval.select_split, cfg.eval.report_split
+    fit = fit_stage2(feats["train"], feats[sel], manifest.num_classes, cfg.finetune, cfg.run.seed)
+    head, mu = fit.head, fit.mu
     adjust = logit_adjustment(manifest.train_counts, cfg.finetune.logit_adjust_tau)
     logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale, adjust) for s in (sel, rep)}
     candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, lambda_spec)
@@ -87,7 +89,7 @@ def run_stage2(
             print(
                 f"[stage2] warning: the {what} predicts one class for {100 * shares[key]:.0f}% of "
                 f"{sel}: it collapsed, and its accuracy says nothing about the features (stage 1 or the head "
-                "trained far too few steps? raise train.epochs / finetune.epochs)",
+                "trained far too few steps? raise train.steps)",
                 flush=True,
             )
     # Diagnostics: class-centroid geometry of the stage-1 features, and the head's positive bias.
@@ -114,6 +116,15 @@ def run_stage2(
         "val_top1": acc,
         "val_top1_head": float(curve[0]),
         "val_top1_proto": float(curve[-1]),
+        **(
+            {
+                "head_l2": fit.probe.l2,
+                "head_l2_grid": list(fit.probe.grid),
+                "head_l2_val_top1": list(fit.probe.select_top1),
+            }
+            if fit.probe is not None
+            else {}
+        ),
         **shares,
         "geometry_after": geometry_summary(geometry),
         "data": {split: ledger_summary(ledger) for split, ledger in ledgers.items()},
@@ -201,13 +212,13 @@ def sweep_fingerprint(cfg: Config, space: Space) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _scheduler(cfg: Config):
+def _scheduler(cfg: Config, reports: int):
     if cfg.sweep.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
         return ASHAScheduler(
-            time_attr="training_iteration",  # one iteration per stage-1 epoch, +1 for the stage-2 report
-            max_t=cfg.train.epochs + 1,
+            time_attr="training_iteration",  # one iteration per stage-1 report, +1 for the stage-2 report
+            max_t=reports + 1,
             grace_period=cfg.sweep.asha_grace_epochs,
             reduction_factor=cfg.sweep.asha_reduction_factor,
         )
@@ -237,6 +248,9 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
     # The trial function only coordinates: its Train workers and Data tasks hold the CPUs.
     trainable = tune.with_resources(trainable, {"cpu": 0.01})
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    # Tune's iterations: one per stage-1 report (the base config's schedule: under train.epochs a space that
+    # varies the batch changes a trial's count), +1 for the stage-2 report
+    reports = stage1_schedule(cfg.train, int(sum(shared["manifest"].train_counts))).reports
     storage = shared["storage_path"]
     storage = os.path.abspath(storage) if "://" not in storage else storage
     name = f"{cfg.run.name}-sweep"
@@ -262,7 +276,7 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
                 mode="max" if cfg.eval.stage1_val_samples else None,
                 num_samples=cfg.sweep.num_samples,
                 max_concurrent_trials=concurrency,
-                scheduler=_scheduler(cfg),
+                scheduler=_scheduler(cfg, reports),
                 search_alg=_search_alg(cfg, concurrency),
                 trial_dirname_creator=_trial_dirname,
                 trial_name_creator=_trial_dirname,
@@ -283,7 +297,7 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
             "trial_resources": trial_resources(cfg),
             "search": cfg.sweep.search,
             "scheduler": cfg.sweep.scheduler,
-            "max_iterations": cfg.train.epochs + 1,
+            "max_iterations": reports + 1,
             "eval_only": {k: list(v) for k, v in eval_only.items()},
         },
     }

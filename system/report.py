@@ -112,7 +112,13 @@ def markdown(report: dict[str, Any]) -> str:
         accuracy_table(report["results"]),
         "",
         f"Chosen: {best.get('params')} with lambda = {fmt(best.get('lambda'), 2)} "
-        f"(val top-1 {fmt(best.get('val_top1'))}). Shot groups: many > {report['thresholds'][0]}, "
+        f"(val top-1 {fmt(best.get('val_top1'))})"
+        + (
+            f"; the linear head's L2 strength {best['head_l2']:.0e}, chosen on val"
+            if best.get("head_l2")
+            else ""
+        )
+        + f". Shot groups: many > {report['thresholds'][0]}, "
         f"medium {report['thresholds'][1]}-{report['thresholds'][0]}, few < {report['thresholds'][1]} training images; "
         "a group's accuracy is the mean of its classes'.",
         "",

@@ -17,6 +17,7 @@ def _sets(root, tmp_path):
         "run.name": "abl",
         "data.image_size": 32,
         "train.epochs": 1,
+        "train.steps": "null",
         "train.micro_batch_size": 16,
         "finetune.epochs": 5,
         "finetune.lambda_points": 11,

@@ -32,6 +32,7 @@ def test_overrides_are_typed_by_yaml():
         DEMO,
         [
             "train.epochs=3",
+            "train.steps=null",
             "loss.proto_temperature=0.05",
             "model.pretrained=null",
             "data.attribute_prompts=false",
@@ -143,7 +144,7 @@ def test_bad_override_syntax():
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(DEMO, ["train.epochs=5"])
+    cfg = load_config(DEMO, ["train.epochs=5", "train.steps=null"])
     save_config(cfg, tmp_path / "config.yaml")
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 5
     assert load_config(tmp_path / "config.yaml") == cfg

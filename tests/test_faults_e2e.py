@@ -26,6 +26,7 @@ def _args(root, tmp_path, teacher):
         "run.name": "faults",
         "data.image_size": 32,
         "train.epochs": 3,
+        "train.steps": "null",
         "train.micro_batch_size": 16,
         "train.checkpoint_every_steps": EVERY,
         "train.max_failures": 1,

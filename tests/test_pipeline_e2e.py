@@ -22,7 +22,9 @@ def _args(root, tmp_path, *extra):
         "--set",
         "data.image_size=32",
         "--set",
-        "train.epochs=2",
+        "train.steps=17",  # 226 train images at a global batch of 32: 7 steps an epoch, a partial third
+        "--set",
+        "train.reports=3",  # at steps 6, 12 and 17
         "--set",
         "train.micro_batch_size=16",
         "--set",
@@ -65,7 +67,7 @@ def test_run_end_to_end(tiny_dataset, tmp_path):
         assert 0.0 <= on_disk[key] <= 100.0
     # 6 classes at 120..3 images: one many-shot, two medium, three few-shot classes.
     assert [c for c in on_disk["train_counts"]] == [120, 57, 27, 13, 6, 3]
-    assert on_disk["config"]["train"]["epochs"] == 2
+    assert on_disk["config"]["train"]["steps"] == 17 and on_disk["config"]["train"]["epochs"] is None
     assert len(on_disk["trials"]) == 2 and all("error" not in t for t in on_disk["trials"])
     assert {t["params"]["loss.proto_temperature"] for t in on_disk["trials"]} == {0.05, 0.2}
     # Selection happened on val: the chosen trial is the best val trial and lambda lies on the curve's grid.
@@ -90,10 +92,11 @@ def test_run_end_to_end(tiny_dataset, tmp_path):
     assert set(on_disk["stage_seconds"]) >= {"text filter", "prototypes", "sweep", "evaluate", "total"}
     # Stage-1 metrics made it through Train -> Tune: every trial trained for the planned steps, and the
     # per-epoch val probe (the sweep metric) was reduced over both workers: all 48 val images counted.
-    assert all(t["final_epoch"] == 2 for t in on_disk["trials"])
+    assert all(t["final_epoch"] == 3 and t["final_step"] == 17 for t in on_disk["trials"])  # report 3 of 3
+    assert all(t["final_data_epoch"] == 3 for t in on_disk["trials"])  # in the third pass over the data
     assert all(t["final_val_probe_samples"] == 48 for t in on_disk["trials"])
     assert all(0.0 <= t["final_val_ncm_top1"] <= 100.0 for t in on_disk["trials"])
-    assert all(t["status"] == "completed" and t["iterations"] == 3 for t in on_disk["trials"])
+    assert all(t["status"] == "completed" and t["iterations"] == 4 for t in on_disk["trials"])
     eff = on_disk["sweep"]["efficiency"]
     assert eff["trials"] == 2 and eff["stopped_early"] == 0 and eff["wall_s"] > 0
     assert len(open(run_dir / "results.csv").read().splitlines()) == 3

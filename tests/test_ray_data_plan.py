@@ -14,6 +14,7 @@ def test_read_and_decode_fuse_into_one_task(tiny_dataset, capsys):
     from system.config import load_config
     from system.data.dataset_dir import load_manifest
     from system.ray_data import train_dataset
+    from system.schedule import stage1_schedule
     from system.text.prepare import prepare_text_pools
 
     cfg = load_config(
@@ -24,7 +25,8 @@ def test_read_and_decode_fuse_into_one_task(tiny_dataset, capsys):
     pools, _ = prepare_text_pools(cfg.data, manifest)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-        ds = train_dataset(cfg, manifest, manifest.shard_paths(cfg.data.root, "train"), pools)
+        schedule = stage1_schedule(cfg.train, sum(manifest.train_counts))
+        ds = train_dataset(cfg, schedule, manifest, manifest.shard_paths(cfg.data.root, "train"), pools)
         capsys.readouterr()
         ds.explain()
         plan = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]

@@ -16,6 +16,7 @@ def _sets(root, tmp_path, epochs):
         "data.image_size": 32,
         "data.resample": "none",
         "train.epochs": epochs,
+        "train.steps": "null",
         "train.micro_batch_size": 16,
         "eval.stage1_val_samples": 24,
         "ray.no_progress_timeout_s": 120,

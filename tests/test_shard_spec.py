@@ -76,6 +76,7 @@ def test_s3_dataset_reads_through_the_pipeline_and_check_shards(s3_dataset, tiny
     from system.config import load_config
     from system.ray_data import decoded_split, read_split, train_dataset
     from system.ray_reader import ledger_summary, new_ledger
+    from system.schedule import stage1_schedule
     from system.text.prepare import prepare_text_pools
 
     local = load_manifest(tiny_dataset)
@@ -101,9 +102,14 @@ def test_s3_dataset_reads_through_the_pipeline_and_check_shards(s3_dataset, tiny
         ledger = new_ledger()
         rows = sum(
             len(b["label"])
-            for b in train_dataset(cfg, manifest, train_urls, pools, ledger=ledger).iter_batches(
-                batch_size=None
-            )
+            for b in train_dataset(
+                cfg,
+                stage1_schedule(cfg.train, manifest.splits["train"].num_samples),
+                manifest,
+                train_urls,
+                pools,
+                ledger=ledger,
+            ).iter_batches(batch_size=None)
         )
         data = ledger_summary(ledger)
         n_train = manifest.splits["train"].num_samples

@@ -25,6 +25,7 @@ def _sets(root, tmp_path, epochs):
         "run.name": "stages",
         "data.image_size": 32,
         "train.epochs": epochs,
+        "train.steps": "null",
         "train.micro_batch_size": 16,
         "finetune.epochs": 5,
         "ray.no_progress_timeout_s": 120,

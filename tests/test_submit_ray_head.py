@@ -192,6 +192,7 @@ def _job_sets(tiny_dataset, out: Path) -> list[str]:
         "ray.storage_path": out / "storage",
         "data.image_size": 32,
         "train.epochs": 1,
+        "train.steps": "null",
         "train.micro_batch_size": 16,
         "finetune.epochs": 3,
         "finetune.lambda_points": 11,

@@ -164,7 +164,7 @@ def test_sweep_config_rules():
         _cfg(**{"sweep.scheduler": "asha", "eval.stage1_val_samples": 0})
     with pytest.raises(ConfigError, match=r"eval\.stage1_val_samples: sweep\.search=optuna"):
         _cfg(**{"sweep.search": "optuna", "eval.stage1_val_samples": 0})
-    with pytest.raises(ConfigError, match=r"sweep\.asha_grace_epochs: must be <= train\.epochs"):
+    with pytest.raises(ConfigError, match=r"sweep\.asha_grace_epochs: must be <= the run.s 3 reports"):
         _cfg(**{"sweep.scheduler": "asha", "sweep.asha_grace_epochs": 9, "train.epochs": 3})
     with pytest.raises(ConfigError, match=r"sweep\.asha_reduction_factor: must be > 1"):
         _cfg(**{"sweep.asha_reduction_factor": 1.0})

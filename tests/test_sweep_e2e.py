@@ -55,7 +55,7 @@ def test_asha_stops_weak_trials_and_they_are_counted(tmp_path):
             # best first: each later trial is worse at the first rung than the ones before it
             param_space={"loss.proto_temperature": tune.grid_search([4.0, 3.0, 2.0, 1.0])},
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode="max", scheduler=_scheduler(cfg), max_concurrent_trials=1
+                metric=METRIC, mode="max", scheduler=_scheduler(cfg, 3), max_concurrent_trials=1
             ),
             run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0),
         )
@@ -78,6 +78,7 @@ def _sweep_cmd(root, out):
         "run.name": "resume",
         "data.image_size": 32,
         "train.epochs": 3,
+        "train.steps": "null",
         "train.micro_batch_size": 16,
         "finetune.epochs": 5,
         "ray.no_progress_timeout_s": 120,
