@@ -129,6 +129,8 @@ def run_ablation(
     counts, split = manifest.train_counts, cfg.eval.report_split
     runs: dict[str, list[dict[str, Any]]] = {}
     selected: dict[str, dict[str, Any]] = {}
+    # per variant and seed: the report split's (predictions, labels), for the paired per-class bootstrap
+    predictions: dict[str, dict[int, tuple[Any, Any]]] = {}
     test_labels = None
     for name, variant in ab.VARIANTS.items():
         if variant.arm not in per_arm:
@@ -142,13 +144,17 @@ def run_ablation(
             test_labels = logits.labels
             lam = 0.0 if variant.classifier == "head" else float(t["best_lambda"])
             acc = shot_accuracy_at(logits, lam, counts, cfg.eval)
-            share = top_class_share(blended_predictions(logits, lam), manifest.num_classes)
+            preds = blended_predictions(logits, lam)
+            predictions.setdefault(name, {})[t["params"]["run.seed"]] = (preds, logits.labels)
+            share = top_class_share(preds, manifest.num_classes)
             geometry = t.get("geometry_after") or {}
             rows.append(
                 {g: acc[g] for g in ab.GROUPS}
                 | {
                     "seed": t["params"]["run.seed"],
                     "lambda": lam,
+                    # how firmly val picked that lambda (blend variants; None where the bootstrap was off)
+                    "lambda_bootstrap": t.get("lambda_bootstrap") if variant.classifier == "blend" else None,
                     "val_top1": t[val_key],
                     "top_class_share": share,
                     "collapsed": is_collapsed(share, manifest.num_classes),
@@ -165,7 +171,24 @@ def run_ablation(
     one_image = ab.one_image_points(test_labels, counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
     pairs = [(b, a) for a, b in zip(ab.LADDER, ab.LADDER[1:], strict=False)] + [("no_text", "full")]
     comparisons = ab.compare(summary, pairs, one_image)
+    class_ci = class_bootstrap(predictions, counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
     md = ab.markdown(summary, comparisons, split)
+    if class_ci:
+        md += "\n" + ab.class_bootstrap_markdown(class_ci, split)
+    lambda_lines = [
+        f"| `{n}` | {r['seed']} | {r['lambda']:.2f} | {_boot_interval(r['lambda_bootstrap'])} |"
+        for n, rows in runs.items()
+        for r in rows
+        if ab.VARIANTS[n].classifier == "blend"
+    ]
+    if lambda_lines:
+        md += (
+            "\nlambda chosen on val per seed, with the 2.5-97.5 percentiles of the lambdas chosen on "
+            "bootstrap resamples of val (`finetune.bootstrap`):\n\n"
+            "| variant | seed | lambda | bootstrap 95% |\n|---|---|---|---|\n"
+            + "\n".join(lambda_lines)
+            + "\n"
+        )
     collapsed = [
         f"`{n}` seed {r['seed']} ({100 * r['top_class_share']:.0f}%)"
         for n, rows in runs.items()
@@ -212,6 +235,8 @@ def run_ablation(
         },
         "summary": summary,
         "comparisons": comparisons,
+        # each variant against the baseline, and full against no_text: 95% paired per-class bootstrap
+        "class_bootstrap": class_ci,
         "one_image_points": one_image,
         "space": {arm: {k: list(v[1]) for k, v in spaces[arm].items()} for arm in arms},
         "selected_on_val": selected,
@@ -227,6 +252,30 @@ def run_ablation(
     last = {n: {g: summary[n][g]["mean"] for g in ab.GROUPS} for n in summary}
     print(json.dumps(last), flush=True)
     return report
+
+
+def class_bootstrap(
+    predictions: dict[str, dict[int, tuple[Any, Any]]], counts: list[int], many: int, few: int
+) -> list[dict[str, Any]]:
+    """Each variant minus the baseline, and full minus no_text, over the seeds both have: the paired per-class
+    bootstrap of system/ablation.py. `predictions[variant][seed]` = (report-split predictions, labels)."""
+    pairs = [(n, "baseline") for n in predictions if n != "baseline"] + [("full", "no_text")]
+    rows = []
+    for name, ref in pairs:
+        if name not in predictions or ref not in predictions:
+            continue
+        seeds = sorted(set(predictions[name]) & set(predictions[ref]))
+        if not seeds:
+            continue
+        stats = ab.paired_class_bootstrap(
+            [predictions[name][s] for s in seeds], [predictions[ref][s] for s in seeds], counts, many, few
+        )
+        rows.append({"variant": name, "vs": ref, "seeds": seeds, **stats})
+    return rows
+
+
+def _boot_interval(boot: dict[str, Any] | None) -> str:
+    return "-" if not boot else f"[{boot['lambda_lo']:.2f}, {boot['lambda_hi']:.2f}]"
 
 
 def _setting(params: dict[str, Any]) -> str:

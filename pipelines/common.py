@@ -78,6 +78,8 @@ class RunContext:
             },
             "pools": self.pools,
             "prototypes": self.prototypes,
+            "prototype_stats": self.prototype_stats,
+            "prototype_seed": self.cfg.run.seed,  # trials with another run.seed draw their own
             "storage_path": self.storage_path(),
         }
 

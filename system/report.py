@@ -99,8 +99,38 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
+def chosen_trial(report: dict[str, Any]) -> dict[str, Any]:
+    """The selection merged over the chosen trial's record, which holds its stage-2 details."""
+    best = report.get("selection", {})
+    for t in report.get("trials", []):
+        if best.get("trial_id") is not None and t.get("trial_id") == best.get("trial_id"):
+            return {**t, **best}
+    return dict(best)
+
+
+def lambda_notes(trial: dict[str, Any]) -> str:
+    """How to read a trial's lambda: its branches' temperatures and its bootstrap over val."""
+    parts = []
+    t_head, t_proto = trial.get("temperature_head"), trial.get("temperature_proto")
+    if t_head is not None and t_proto is not None:
+        parts.append(
+            f"Each branch was temperature-scaled on val before blending (T = {t_head:.3g} for the head, "
+            f"{t_proto:.3g} for the prototypes), so lambda weighs calibrated logits."
+        )
+    boot = trial.get("lambda_bootstrap")
+    if boot:
+        parts.append(
+            f"Over {boot['n_boot']} bootstrap resamples of val the chosen lambda was "
+            f"{fmt(boot['lambda_mean'], 2)} ± {fmt(boot['lambda_std'], 2)} (95% within "
+            f"[{fmt(boot['lambda_lo'], 2)}, {fmt(boot['lambda_hi'], 2)}]), with val top-1 in "
+            f"[{fmt(boot['top1_lo'])}, {fmt(boot['top1_hi'])}]% (the best candidate's, so optimistic)."
+        )
+    return " ".join(parts)
+
+
 def markdown(report: dict[str, Any]) -> str:
     best = report.get("selection", {})
+    notes = lambda_notes(chosen_trial(report))
     lines = [
         f"# uniproto run `{report['run']}`",
         "",
@@ -121,6 +151,7 @@ def markdown(report: dict[str, Any]) -> str:
         + f". Shot groups: many > {report['thresholds'][0]}, "
         f"medium {report['thresholds'][1]}-{report['thresholds'][0]}, few < {report['thresholds'][1]} training images; "
         "a group's accuracy is the mean of its classes'.",
+        *(["", notes] if notes else []),
         "",
         "![per-class accuracy](per_class_accuracy.png)",
         "",

@@ -25,9 +25,13 @@ COLUMNS = (
     "best_lambda",
     "val_top1_head",
     "val_top1_proto",
+    "temperature_head",
+    "temperature_proto",
     "stage1_s",
     "stage2_s",
 )
+# The chosen lambda's bootstrap over the selection split, flattened into the CSV as lambda_boot_<key>.
+BOOTSTRAP_KEYS = ("lambda_mean", "lambda_std", "lambda_lo", "lambda_hi", "top1_lo", "top1_hi")
 
 
 def param_keys(records: list[dict[str, Any]]) -> list[str]:
@@ -44,6 +48,7 @@ def results_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"trial_id": r.get("trial_id"), "status": r.get("status")}
         | {k: r.get("params", {}).get(k) for k in keys}
         | {c: r.get(c) for c in COLUMNS[2:]}
+        | {f"lambda_boot_{k}": (r.get("lambda_bootstrap") or {}).get(k) for k in BOOTSTRAP_KEYS}
         for r in records
     ]
 
@@ -65,7 +70,7 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
         *keys,
         "epochs",
         "val top-1",
-        "lambda",
+        "lambda [95% bootstrap]",
         "head only",
         "prototypes only",
         "samples/s",
@@ -94,7 +99,7 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
                     fmt(r.get("val_top1"))
                     if r.get("val_top1") is not None
                     else f"({fmt(r.get('val_score'))} probe)",
-                    fmt(r.get("best_lambda"), 2),
+                    lambda_cell(r),
                     fmt(r.get("val_top1_head")),
                     fmt(r.get("val_top1_proto")),
                     fmt(r.get("final_samples_per_s"), 0),
@@ -105,6 +110,14 @@ def results_markdown(records: list[dict[str, Any]]) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def lambda_cell(r: dict[str, Any]) -> str:
+    """The chosen lambda, then the 95% interval of the lambdas the bootstrap over val chose, when it ran."""
+    boot = r.get("lambda_bootstrap")
+    if r.get("best_lambda") is None or not boot:
+        return fmt(r.get("best_lambda"), 2)
+    return f"{fmt(r['best_lambda'], 2)} [{fmt(boot['lambda_lo'], 2)}, {fmt(boot['lambda_hi'], 2)}]"
 
 
 def param_label(params: dict[str, Any]) -> str:

@@ -14,13 +14,17 @@ from system.prototypes import (
     _kerdock_forms,
     _smooth_max_grad,
     _strip_rows,
+    align_to_text,
+    alignment_cosine,
     assign_prototypes,
     assignment_order,
     binary_code,
     build_prototypes,
+    linear_assignment_order,
     load_prototypes,
     optimize_uniform,
     orthoplex,
+    procrustes,
     prototype_method,
     prototype_stats,
     save_prototypes,
@@ -311,34 +315,85 @@ def test_stats_strips_match_dense():
 # --------------------------------------------------------------------------------------------- assignment
 
 
-def test_text_assignment_recovers_known_permutation():
+def test_linear_assignment_recovers_known_permutation():
     p = simplex_etf(8, 16, seed=0)
     perm = torch.tensor([3, 0, 7, 5, 1, 6, 2, 4])
-    assert torch.equal(assign_prototypes(p, p[perm], method="text"), p[perm])
+    assert torch.equal(linear_assignment_order(p, p[perm]), perm)
     # scale and a little noise do not change the matching
     noisy = 3.0 * p[perm] + 0.01 * torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(assign_prototypes(p, noisy, method="text"), p[perm])
+    assert torch.equal(linear_assignment_order(p, noisy), perm)
 
 
-def test_text_assignment_maximises_total_cosine():
+def test_linear_assignment_maximises_total_cosine():
     # 3 prototypes on the unit circle; class 0's text lies between p1 and p2, slightly nearer p1; class 1's is
     # p0, class 2's is p1. Greedy in class order gives class 0 p1 and class 2 p2 (total 0.58 + 1 - 0.5); the
     # assignment gives up a little on class 0 (p2: 0.42) so class 2 keeps p1 (total 2.42).
     ang = torch.tensor([0.0, 2.0, 4.0]) * math.pi / 3.0
     p = torch.stack([ang.cos(), ang.sin()], dim=1)  # [3, 2]
     e = torch.stack([p[1] + 0.9 * p[2], p[0], p[1]])
-    out = assign_prototypes(p, e, method="text")
-    assert torch.equal(out, p[[2, 0, 1]])
+    assert torch.equal(linear_assignment_order(p, e), torch.tensor([2, 0, 1]))
 
 
-def test_text_assignment_is_the_brute_force_optimum():
+def test_linear_assignment_is_the_brute_force_optimum():
     gen = torch.Generator().manual_seed(2)
     p, e = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
     pn, en = (torch.nn.functional.normalize(x.double(), dim=1) for x in (p, e))
     sim = en @ pn.T  # [classes, prototypes]
     best = max(sum(float(sim[c, perm[c]]) for c in range(6)) for perm in itertools.permutations(range(6)))
-    order = assignment_order(p, e, method="text")
+    order = linear_assignment_order(p, e)
     assert sum(float(sim[c, order[c]]) for c in range(6)) == pytest.approx(best, abs=1e-12)
+
+
+def test_procrustes_recovers_a_rotation_by_hand():
+    # targets are the sources turned by 30 degrees: R = [[cos, sin], [-sin, cos]] maps row vectors x -> x R
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    rot = torch.tensor([[c, s], [-s, c]], dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(procrustes(x, x @ rot), rot, atol=1e-12)
+    # a non-square map: 3-d sources onto 2-d targets, orthonormal columns
+    r = procrustes(
+        torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), x.repeat(3, 1)[:7]
+    )
+    assert r.shape == (3, 2) and torch.allclose(r.T @ r, torch.eye(2, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("text_dim", [3, 5])
+def test_text_alignment_recovers_a_rotated_shuffled_code(seed, text_dim):
+    # Class embeddings = a random code, shuffled, then turned by an orthogonal map (into 5-d for text_dim 5):
+    # the alignment finds both the shuffle and the map (mean cosine 1); matching without the rotation cannot.
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.nn.functional.normalize(torch.randn(6, 3, generator=gen), dim=1)  # [6, 3]
+    perm = torch.randperm(6, generator=gen)
+    q, _ = torch.linalg.qr(torch.randn(text_dim, 3, generator=gen, dtype=torch.float64))  # [e, 3]
+    e = (p.double()[perm] @ q.T).float()  # [6, e]
+    order, rotation, mean_cos = align_to_text(p, e, seed=0)
+    assert torch.equal(order, perm)
+    assert mean_cos == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(rotation.double(), q, atol=1e-5)
+    assert torch.equal(assignment_order(p, e, method="text"), perm)
+    assert alignment_cosine(p[perm], e) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_text_alignment_beats_plain_matching_and_random():
+    gen = torch.Generator().manual_seed(3)
+    p = build_prototypes(40, 8, seed=0)[0]  # K > 2d: an optimised code with nearer and farther pairs
+    e = torch.randn(40, 8, generator=gen)
+    order, _, mean_cos = align_to_text(p, e, seed=0)
+    plain = alignment_cosine(p[linear_assignment_order(p, e)], e)
+    shuffled = alignment_cosine(p[torch.randperm(40, generator=gen)], e)
+    assert mean_cos >= plain - 1e-9 and mean_cos > shuffled
+
+
+def test_text_alignment_on_a_simplex_etf_cannot_prefer_an_assignment():
+    # Every pair of an ETF is equidistant: each permutation is a rotation of the code, so with the rotation free
+    # the aligned and a random assignment fit the text equally well.
+    p = simplex_etf(5, 8, seed=0)
+    e = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    order, _, mean_cos = align_to_text(p, e, seed=0)
+    for s in range(3):
+        shuffled = assign_prototypes(p, method="random", seed=s)
+        assert alignment_cosine(shuffled, e) == pytest.approx(mean_cos, abs=1e-6)
 
 
 def test_random_assignment_is_seeded_permutation():
@@ -358,7 +413,9 @@ def test_assignment_errors():
     with pytest.raises(ValueError, match="class_embeddings"):
         assign_prototypes(p, None, method="text")
     with pytest.raises(ValueError, match="shape"):
-        assign_prototypes(p, torch.ones(4, 3), method="text")
+        assign_prototypes(p, torch.ones(3, 4), method="text")  # 3 rows for 4 prototypes
+    with pytest.raises(ValueError, match="shape"):
+        linear_assignment_order(p, torch.ones(4, 3))  # plain matching needs the prototypes' space
 
 
 # ------------------------------------------------------------------------------------------------- saving

