@@ -21,13 +21,13 @@ from pipelines.common import RunContext, parse_args, prepare_run
 from system.finetune import shot_accuracy_at
 from system.report import (
     accuracy_table,
-    fmt,
     plot_geometry,
     plot_lambda_curves,
     plot_per_class,
     plot_positive_bias,
     write_report,
 )
+from system.report_format import fmt
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:

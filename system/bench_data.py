@@ -52,7 +52,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from system.bench_train import base_env, cpu_set, load_average, run_tree, runs_summary, write_scanned_manifest
+from system.bench_train import (
+    base_env,
+    cpu_set,
+    load_average,
+    round_orders,
+    run_tree,
+    runs_summary,
+    write_scanned_manifest,
+)
 
 RESULT_PREFIX = "[bench] data "
 
@@ -65,7 +73,8 @@ def resolve(spec: str, workdir: Path) -> tuple[str, list[str], int]:
     directory, a folder, a brace pattern, a glob, local or object store). Raw local shards get a train-only
     manifest in `workdir`, with the classes read from their .json members (system.bench_train)."""
     from system.data.dataset_dir import DatasetError, load_manifest
-    from system.data.shard_spec import is_url, resolve_shards
+    from system.data.shard_spec import resolve_shards
+    from system.data.stores import is_url
 
     found = resolve_shards(spec, splits=["train"])
     if found.manifest is not None and found.root is not None:
@@ -442,12 +451,6 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
     say(f"[bench] data: ours {result['ours']} / peer {result['peer']} images/s: ratio {result['ratio']}{rounds} "
         f"(goal >= 1.0 at 2 CPUs); load {result['load_after']} (figures under load are noisy)")  # fmt: skip
     return result
-
-
-def round_orders(repeats: int, sides: list[str]) -> list[list[str]]:
-    """The runs' order, round by round: the sides in order, reversed every other round (peer, ours, ours,
-    peer, ...), so a machine whose speed drifts during the benchmark favours neither side."""
-    return [list(sides) if r % 2 == 0 else list(sides)[::-1] for r in range(repeats)]
 
 
 def combine_rounds(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

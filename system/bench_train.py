@@ -600,7 +600,6 @@ def _idle_child(argv: list[str]) -> int:
     import ray
     import torch
 
-    from system.bench_data import round_orders
     from system.config import load_config
     from system.ray_cluster import init_ray
 
@@ -643,6 +642,12 @@ def idle_actor_cost(without: list[float], with_: list[float], actors: int) -> di
         "slowdown": round(slowdown, 4),
         "slowdown_per_actor": round(slowdown / max(actors, 1), 4),
     }
+
+
+def round_orders(repeats: int, sides: list[str]) -> list[list[str]]:
+    """The runs' order, round by round: the sides in order, reversed every other round (peer, ours, ours,
+    peer, ...), so a machine whose speed drifts during the benchmark favours neither side."""
+    return [list(sides) if r % 2 == 0 else list(sides)[::-1] for r in range(repeats)]
 
 
 def ab_summary(a_runs: list[float], b_runs: list[float]) -> dict[str, Any]:

@@ -9,8 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from system.config import ConfigError
-from system.data.dataset_dir import DatasetError
+from system.user_errors import exit_2_on_user_errors
 
 
 def _make_demo_data(argv: list[str]) -> int:
@@ -279,18 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: uniproto <command> [options]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     return exit_2_on_user_errors(COMMANDS[argv[0]][0], argv[1:])
-
-
-def exit_2_on_user_errors(fn: Callable[..., int], *args) -> int:
-    """Run a command; a refused config or dataset prints one line naming the key or file and exits 2."""
-    try:
-        return fn(*args)
-    except ConfigError as e:
-        print(f"uniproto: config error: {e}", file=sys.stderr)
-        return 2
-    except DatasetError as e:
-        print(f"uniproto: dataset error: {e}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

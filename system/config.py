@@ -45,7 +45,7 @@ class DataSection:
     root: str = "runs/datasets/demo"  # dataset directory (manifest.json + train/ val/ test/ shards + text/)
     image_size: int = knob(64, lo=8, hi=1024)  # model input side; images are resized in the decode stage
     resample: Literal["none", "sqrt", "balanced"] = "sqrt"  # class resampling while streaming
-    text_scorer: str = "lexical"  # relevance scorer of the text-filter stage (system.text.filter.SCORERS)
+    text_scorer: str = "lexical"  # relevance scorer of the text-filter stage (system.text.scorer_registry)
     filter_threshold: float = 0.0  # sentences scoring below are dropped
     filter_top_k: int | None = knob(None, lo=1)  # keep at most this many sentences per class
     # Model scorers' inputs (local paths only, nothing downloaded): retrieval needs the trained model (a
@@ -479,7 +479,8 @@ def _validate_cross(cfg: Config) -> None:
             raise ConfigError(
                 f'train.worker_env.{name}: must be a string (quote it: {name}: "{value}"), got {value!r}'
             )
-    from system.text.filter import SCORERS  # local import: the filter module is heavier than the config
+    # local import: importing the registry loads the text package (its built-in scorers register themselves)
+    from system.text.scorer_registry import SCORERS
 
     if cfg.data.text_scorer not in SCORERS:
         raise ConfigError(

@@ -30,7 +30,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from system.data.shard_spec import filesystem_for, fs_path
+from system.data.stores import filesystem_for, fs_path
 from system.data.tar_stream import (
     MAX_MEMBER_BYTES,
     ROWS_PER_BLOCK,

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from system.report_format import fmt
+from system.sweep_report import efficiency_markdown
+
 GROUPS = ("overall", "many", "medium", "few")
-
-
-def fmt(v: float | None, digits: int = 1) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def accuracy_table(rows: dict[str, dict[str, Any]]) -> str:
@@ -161,8 +159,6 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     eff = report.get("sweep", {}).get("efficiency")
     if eff:
-        from system.sweep_report import efficiency_markdown
-
         lines += ["", efficiency_markdown(eff), "", "![sweep efficiency](sweep_efficiency.png)"]
     for plot in report.get("sweep", {}).get("plots", []):
         lines += ["", f"![{plot}]({plot})"]

@@ -46,6 +46,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from system.config import SECRET_NAME_RE, Config, ConfigError, load_config, read_yaml
+from system.user_errors import exit_2_on_user_errors
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 INSECURE_HELP = (
@@ -890,8 +891,6 @@ def _submit(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from system.cli import exit_2_on_user_errors
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in {"status", "logs", "stop", "list"}:

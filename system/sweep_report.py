@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from system.report import fmt
+from system.report_format import fmt
 
 COLUMNS = (
     "trial_id",

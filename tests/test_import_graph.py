@@ -188,7 +188,6 @@ def test_the_library_imports_nothing_from_the_app():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="five import cycles in system/ are still to be broken")
 def test_the_library_has_no_import_cycle():
     found = cycles(LIBRARY)
     assert not found, f"import cycles in {LIBRARY}/:\n" + "\n".join(map(_describe, found))

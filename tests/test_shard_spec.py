@@ -7,7 +7,8 @@ import os
 import pytest
 
 from system.data.dataset_dir import DatasetError, load_manifest
-from system.data.shard_spec import is_url, join, resolve_shards
+from system.data.shard_spec import resolve_shards
+from system.data.stores import is_url, join
 
 
 def _touch_tar(path):

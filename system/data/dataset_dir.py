@@ -21,16 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from system.data.faults import DatasetError  # defined with the other data errors; importable from here too
+from system.data.stores import exists, filesystem_for, is_url, join
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # img2dataset keys: shard * KEY_STRIDE + index within the shard, zero padded to 9 digits.
 KEY_STRIDE = 10_000
 # A fixed tar member mtime makes shards byte-identical across reruns (webdataset stamps time.time() otherwise).
 _TAR_MTIME = 0
-
-
-class DatasetError(ValueError):
-    """A dataset directory or manifest that does not follow the contract."""
 
 
 @dataclass
@@ -65,8 +64,6 @@ class Manifest:
             raise DatasetError(
                 f"split {split!r} is not in the manifest of {root} (splits: {sorted(self.splits)})"
             )
-        from system.data.shard_spec import is_url, join
-
         if is_url(str(root)):
             return [join(str(root), rel) for rel in self.splits[split].shards]
         base = Path(root).resolve()
@@ -201,9 +198,7 @@ def parse_manifest(raw: bytes, path: Any) -> Manifest:
 
 def load_manifest(root: str | os.PathLike) -> Manifest:
     """Load and validate `<root>/manifest.json`, checking that every listed shard and the text folder exist.
-    `root` may be an object-store URL (s3://bucket/ds): read through system.data.shard_spec's filesystems."""
-    from system.data.shard_spec import is_url, load_remote_manifest
-
+    `root` may be an object-store URL (s3://bucket/ds): read through system.data.stores' filesystems."""
     if is_url(str(root)):
         return load_remote_manifest(str(root))
     path = Path(root) / MANIFEST_NAME
@@ -225,6 +220,30 @@ def load_manifest(root: str | os.PathLike) -> Manifest:
             f"{path}: field 'text_dir' is {manifest.text_dir!r} but {Path(root) / manifest.text_dir} is not a "
             f"directory (set it to null for a dataset without class text)"
         )
+    return manifest
+
+
+def load_remote_manifest(root: str) -> Manifest:
+    """A dataset directory's manifest read through the filesystem layer (local or object store); the listed
+    shards are checked to exist (one request each on an object store)."""
+    path = join(root, MANIFEST_NAME)
+    try:
+        fs, p = filesystem_for(path)
+        with fs.open_input_stream(p) as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DatasetError(f"no dataset manifest at {path}") from None
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+    manifest = parse_manifest(raw, path)
+    for split, info in manifest.splits.items():
+        urls = [join(root, rel) for rel in info.shards]
+        for i, ok in enumerate(exists(urls)):
+            if not ok:
+                raise DatasetError(
+                    f"{path}: field 'splits.{split}.shards[{i}]' lists {info.shards[i]}, which does not exist "
+                    f"(expected {urls[i]})"
+                )
     return manifest
 
 

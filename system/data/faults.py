@@ -1,4 +1,5 @@
-"""Data faults: what the reader and the decode stage skip, by reason, and the error strict mode raises.
+"""Data faults: what the reader and the decode stage skip, by reason, and the errors: a dataset that does not
+follow the contract or cannot be read, and what strict mode raises.
 
 Sample-level faults skip one sample; shard-level faults end the read of one shard (the samples it yielded
 before the fault are kept) and never the dataset. Plain Python: the reader, the decode stage and the ledger
@@ -6,8 +7,6 @@ that sums the counts share these names.
 """
 
 from __future__ import annotations
-
-from system.data.dataset_dir import DatasetError
 
 # Sample-level reasons (one sample skipped). The reader finds the structural ones, the decode stage the rest.
 DUPLICATE_MEMBER = "duplicate_member"  # the same {key}.{ext} twice in a row of members
@@ -40,6 +39,11 @@ BAD_HEADER = "bad_header"
 # Anything else the reader raised (its detail: the exception's type and message). Counted like the others so
 # that no shard can fail the dataset, which Ray Data would do for one errored read task.
 READER_ERROR = "reader_error"
+
+
+class DatasetError(ValueError):
+    """A dataset directory or manifest that does not follow the contract (system.data.dataset_dir), or a
+    dataset location that cannot be read."""
 
 
 class DataFault(DatasetError):

@@ -13,9 +13,8 @@ Files that are not shards (img2dataset's .parquet and _stats.json beside each ta
 warning. Shards that do not exist stay in the list: the reader reports each as a missing shard and reads on.
 A spec that names nothing at all is a DatasetError.
 
-Object stores go through pyarrow's filesystems, configured the standard way and never from our config files:
-s3 reads AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION /
-AWS_REGION (and ~/.aws, instance roles); gs reads the Google application-default credentials.
+Local paths and object-store URLs are opened through system.data.stores (pyarrow's filesystems, configured the
+standard way and never from our config files).
 """
 
 from __future__ import annotations
@@ -25,73 +24,15 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from system.data.dataset_dir import MANIFEST_NAME, DatasetError, Manifest, parse_manifest
+from system.data.dataset_dir import MANIFEST_NAME, DatasetError, Manifest, load_manifest
+from system.data.stores import exists, filesystem_for, fs_path_to_url, is_url, join
 
 log = logging.getLogger(__name__)
-SCHEMES = ("s3", "gs", "gcs")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
-
-
-def is_url(path: str) -> bool:
-    """True for an object-store URL (s3://, gs://); local paths and file:// are not URLs here."""
-    return "://" in path and path.split("://", 1)[0].lower() in SCHEMES
-
-
-def join(root: str, *parts: str) -> str:
-    """Join a dataset root (local path or URL) and relative parts; local paths come out absolute."""
-    if is_url(root):
-        return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
-    return str(Path(root).resolve().joinpath(*parts))
-
-
-# The environment that decides where and as whom a filesystem connects: a cached filesystem is reused only
-# while these are unchanged (a changed endpoint must not be served by a client built for the old one).
-_STORE_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-)
-
-
-@lru_cache(maxsize=16)
-def _store(scheme: str, bucket: str, env: tuple[str | None, ...]) -> pafs.FileSystem:
-    # One filesystem per bucket, process and environment: from_uri may look the bucket's region up (one request).
-    fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
-    return fs
-
-
-def filesystem_for(path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, the path as that filesystem takes it) for a local path or an object-store URL."""
-    if not is_url(path):
-        return pafs.LocalFileSystem(), str(Path(path).resolve())
-    scheme, rest = path.split("://", 1)
-    scheme = scheme.lower()
-    bucket = rest.split("/", 1)[0]
-    if not bucket:
-        raise DatasetError(f"{path}: no bucket in the URL")
-    try:
-        return _store(scheme, bucket, tuple(os.environ.get(k) for k in _STORE_ENV)), rest.rstrip("/")
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot open the object store ({e})") from None
-
-
-def fs_path(url: str) -> str:
-    """The path a filesystem from filesystem_for takes, without a request (read tasks call it per shard)."""
-    return url.split("://", 1)[1].rstrip("/") if is_url(url) else url
-
-
-def fs_path_to_url(path: str, like: str) -> str:
-    """The inverse of filesystem_for: a filesystem path as a URL with the scheme of `like`."""
-    return f"{like.split('://', 1)[0]}://{path}" if is_url(like) else path
 
 
 def is_shard_name(path: str) -> bool:
@@ -110,51 +51,11 @@ class ShardSet:
     root: str | None = None
 
 
-def read_text(path: str) -> str:
-    """A small text file (a manifest, a class corpus) from a local path or an object-store URL."""
-    fs, p = filesystem_for(path)
-    with fs.open_input_stream(p) as f:
-        return f.read().decode("utf-8")
-
-
-def exists(paths: Sequence[str]) -> list[bool]:
-    """Whether each path is a file (one metadata request per object on an object store)."""
-    if not paths:
-        return []
-    fs, _ = filesystem_for(paths[0])
-    infos = fs.get_file_info([filesystem_for(p)[1] for p in paths])
-    return [i.type == pafs.FileType.File for i in infos]
-
-
 def is_dataset_dir(path: str) -> bool:
     try:
         return exists([join(path, MANIFEST_NAME)])[0]
     except (OSError, DatasetError):
         return False
-
-
-def load_remote_manifest(root: str) -> Manifest:
-    """A dataset directory's manifest read through the filesystem layer (local or object store); the listed
-    shards are checked to exist (one request each on an object store)."""
-    path = join(root, MANIFEST_NAME)
-    try:
-        fs, p = filesystem_for(path)
-        with fs.open_input_stream(p) as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise DatasetError(f"no dataset manifest at {path}") from None
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e}") from None
-    manifest = parse_manifest(raw, path)
-    for split, info in manifest.splits.items():
-        urls = [join(root, rel) for rel in info.shards]
-        for i, ok in enumerate(exists(urls)):
-            if not ok:
-                raise DatasetError(
-                    f"{path}: field 'splits.{split}.shards[{i}]' lists {info.shards[i]}, which does not exist "
-                    f"(expected {urls[i]})"
-                )
-    return manifest
 
 
 def _list_folder(fs: pafs.FileSystem, folder: str, like: str) -> list[str]:
@@ -177,7 +78,7 @@ def _expand_part(part: str, splits: Sequence[str] | None) -> tuple[list[str], Ma
         info = fs.get_file_info(p)
         if info.type == pafs.FileType.Directory or (is_url(item) and info.type == pafs.FileType.NotFound):
             if is_dataset_dir(item):
-                manifest = load_remote_manifest(item) if is_url(item) else _load_local(item)
+                manifest = load_manifest(item)
                 root = item
                 wanted = list(splits) if splits else list(manifest.splits)
                 for split in wanted:
@@ -192,12 +93,6 @@ def _expand_part(part: str, splits: Sequence[str] | None) -> tuple[list[str], Ma
                 continue
         out.append(fs_path_to_url(p, item) if is_url(item) else p)
     return out, manifest, root
-
-
-def _load_local(root: str) -> Manifest:
-    from system.data.dataset_dir import load_manifest
-
-    return load_manifest(root)
 
 
 def resolve_shards(spec: str | Sequence[str], splits: Sequence[str] | None = None) -> ShardSet:

@@ -142,7 +142,8 @@ class CaptionMatcher:
 
 def _expand(spec: str) -> list[str]:
     """Local shard paths of `spec` (brace ranges, globs, folders; side files ignored), all present."""
-    from system.data.shard_spec import exists, resolve_shards
+    from system.data.shard_spec import resolve_shards
+    from system.data.stores import exists
 
     try:
         shards = resolve_shards(spec)

@@ -3,35 +3,23 @@
 A scorer answers "how much does this sentence describe what class `label` looks like?" with a float; the filter
 keeps sentences scoring at or above a threshold. The lexical scorer here needs no model and no images, so it is
 the default and the baseline; embedding or retrieval scorers (docs/method.md) register themselves with
-`@register_scorer("name")` from their own modules and override `score_many` to batch their encoder calls.
+`@register_scorer("name")` (system.text.scorer_registry) from their own modules and override `score_many` to
+batch their encoder calls.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from system.text.attributes import attribute_words, normalise
+from system.text.scorer_registry import SCORERS, register_scorer
 
 if TYPE_CHECKING:
     import numpy as np
 
     from system.config import Config
-
-SCORERS: dict[str, type[RelevanceScorer]] = {}
-
-
-def register_scorer(name: str) -> Callable[[type[RelevanceScorer]], type[RelevanceScorer]]:
-    """Class decorator adding a scorer to SCORERS under `name` (configs select scorers by name)."""
-
-    def add(cls: type[RelevanceScorer]) -> type[RelevanceScorer]:
-        if name in SCORERS and SCORERS[name] is not cls:
-            raise ValueError(f"a scorer named {name!r} is already registered ({SCORERS[name].__name__})")
-        SCORERS[name] = cls
-        return cls
-
-    return add
 
 
 def make_scorer(name: str, class_names: list[str], **options: Any) -> RelevanceScorer:
