@@ -200,7 +200,7 @@ class Check:
     def dataset(self) -> None:
         a, root = self.a, self.work / "dataset"
         if not (root / "manifest.json").is_file():
-            cmd = [sys.executable, "-m", "system.cli", "make-demo-data", "--out", str(root), "--overwrite",
+            cmd = [sys.executable, "-m", "pipelines.cli", "make-demo-data", "--out", str(root), "--overwrite",
                    "--classes", str(a.classes), "--n-max", str(a.n_max), "--imbalance", "10",
                    "--val-per-class", "2", "--test-per-class", "2", "--image-size", str(a.image_size),
                    "--samples-per-shard", str(a.samples_per_shard), "--workers", str(self.cores)]  # fmt: skip
@@ -264,7 +264,7 @@ class Check:
                  f"ray.num_cpus={a.ray_cpus_per_core * self.cores}", "ray.no_progress_timeout_s=60",
                  *a.ours_sets]  # fmt: skip
         sets += [x for kv in extra for x in ("--set", kv)]
-        cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), *sets]
+        cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), "pipelines.pretrain", *sets]
         run = self.run(name, cmd, part_env(None, a.device))
         reports = (
             [json.loads(x) for x in record.read_text().splitlines() if x.strip()] if record.exists() else []

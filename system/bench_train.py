@@ -5,11 +5,13 @@
 Three runs on the same shards, architecture, image size and global batch, one after the other, each in its own
 process tree confined to the same N cores (CPU affinity):
 
-* **ours**: `pipelines.pretrain.main` (Ray Data stream with the text-filter stage -> Ray Train workers, each a
-  DeepSpeed engine; the class-wise contrastive loss plus the prototype loss). Defaults for one CPU node: one
-  Train worker (`--workers`), ZeRO stage 0 (`--zero-stage`), torch's fused AdamW (`--unfused-adamw` for the
-  for-loop one). On one node, data parallelism over processes costs a gradient exchange and a replicated
-  optimizer step per rank (2 workers x 1 thread: a third fewer samples/s than 1 x 2 on 2 cores), and ZeRO's
+* **ours**: our stage 1 as `uniproto pretrain` runs it, through the `main` of the module the caller names
+  (`stage1`, which `uniproto benchmark train` sets to `uniproto pretrain`'s): Ray Data stream with the
+  text-filter stage -> Ray Train workers, each a DeepSpeed engine; the class-wise contrastive loss plus the
+  prototype loss. Defaults for one CPU node: one Train worker (`--workers`), ZeRO stage 0 (`--zero-stage`),
+  torch's fused AdamW (`--unfused-adamw` for the for-loop one). On one node, data parallelism over
+  processes costs a gradient exchange and a replicated optimizer step per rank (2 workers x 1 thread: a third
+  fewer samples/s than 1 x 2 on 2 cores), and ZeRO's
   partitioning saves accelerator memory but on CPU only adds flatten/copy work (ZeRO-1: 40-50% longer steps, one rank).
   Ray gets 2N logical CPUs (the demo's convention on 2 cores, the 2-core hang of docs/stack-notes.md); each Train worker holds
   N/workers of them, so Ray sets its torch threads (OMP_NUM_THREADS) to that: N compute threads in all; decode
@@ -379,9 +381,11 @@ def ours_overrides(
 
 
 def _ours_child(argv: list[str]) -> int:
-    """Child process: pipelines.pretrain.main with every Train report also appended to a JSON-lines file."""
-    record_path, rest = argv[0], argv[1:]
-    import pipelines.pretrain as pretrain
+    """Child process: argv = [JSON-lines file, module of our stage 1, its arguments...]: the module's main with
+    every Train report also appended to the file."""
+    record_path, stage1, rest = argv[0], argv[1], argv[2:]
+    import importlib
+
     import system.ray_pretrain as rp
 
     original = rp.run_stage1
@@ -390,7 +394,7 @@ def _ours_child(argv: list[str]) -> int:
         return original(cfg, shared, name, callbacks=[*(callbacks or []), _recorder(record_path)], **kwargs)
 
     rp.run_stage1 = run_stage1
-    out = pretrain.main(rest)
+    out = importlib.import_module(stage1).main(rest)
     print("[bench] ours summary " + json.dumps(out["summary"]), flush=True)
     return 0
 
@@ -788,10 +792,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return a
 
 
-def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
+def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> dict[str, Any]:
+    """The runs `a` asks for; `stage1` is the module whose `main(argv)` runs ours (needed when ours runs)."""
     cpus = cpu_set(a.cpus or len(os.sched_getaffinity(0)))
     n = len(cpus)
     which = set(a.only or ["ours", "peer", "bare", "floor"])
+    if "ours" in which and not stage1:
+        raise ValueError(
+            "benchmark train: ours needs the module of our stage 1 (uniproto benchmark train passes it); "
+            "without it run --only peer/bare/floor/idle"
+        )
     work = Path(a.workdir or tempfile.mkdtemp(prefix="uniproto-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     root, shards, num_samples = resolve_shards(a.shards, work)
@@ -895,7 +905,7 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
             zero_stage=a.zero_stage, fused=not a.unfused_adamw,
         )  # fmt: skip
         sets += [x for kv in [*a.sets, *extra] for x in ("--set", kv)]
-        cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), *sets]
+        cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), stage1, *sets]
         timeline: list = []
         usage = run_tree(cmd, base_env(None), cpus, work / f"{name}.log", a.verbose, timeline)
         reports = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
@@ -980,7 +990,9 @@ def benchmark(a: argparse.Namespace, say=print) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stage1: str | None = None) -> int:
+    """`uniproto benchmark train`, or one of its child runs (argv[0] `_ours`, `_bare`, `_floor`, `_idle`).
+    `stage1`: the module whose `main(argv)` runs our stage 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_ours":
         return _ours_child(argv[1:])
@@ -991,7 +1003,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_idle":
         return _idle_child(argv[1:])
     a = parse_args(argv)
-    result = benchmark(a, say=(lambda *_a, **_k: None) if a.json else (lambda s: print(s, flush=True)))
+    result = benchmark(
+        a, say=(lambda *_a, **_k: None) if a.json else (lambda s: print(s, flush=True)), stage1=stage1
+    )
     print(json.dumps(result, default=float))
     return 0
 

@@ -6,13 +6,14 @@
     uniproto submit stop ID [--wait]
     uniproto submit list             uniproto jobs on the cluster
 
-<stage> is a module under pipelines/ with a `main` (run, sweep, pretrain, finetune). Everything that can be checked
+<stage> is one of the stages the caller passes in, each with the module that runs it (the `uniproto` console
+script passes its own: run, sweep, ablate, pretrain, finetune); this module names none. Everything that can be checked
 before the job starts is checked here, on the submitting machine: the config (types, ranges, cross-field rules),
 the paths in it (dataset manifest and shards, search space, checkpoint, output and storage locations, each
 against what the cluster can see), the run name, and that nothing in the job's entrypoint, runtime_env or
 metadata carries a secret. A refusal names the key and exits 2; a bad config never reaches the cluster.
 
-The job runs `python -m pipelines.<stage> --config <path in the working dir> --set ...` with the runtime_env of
+The job runs `python -m <the stage's module> --config <path in the working dir> --set ...` with the runtime_env of
 cluster/runtime_env.yaml (working dir uploaded minus .rayignore/.gitignore/excludes). Its submission id is
 `uniproto-<stage>-<run name>-<10 hex of the config hash>`: the same resolved config gets the same id, so a second
 submission while the first runs is refused instead of training twice (--resubmit after it ended). Metadata:
@@ -26,7 +27,6 @@ token mode is switched on for this process (Ray 2.60's client sends no token oth
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
 import contextlib
 import hashlib
@@ -39,7 +39,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,21 +89,6 @@ class JobPlan:
             "config_hash": self.config_hash,
             "local_cluster": self.local_cluster,
         }
-
-
-def available_stages(workdir: Path) -> list[str]:
-    """Modules under <workdir>/pipelines/ that define a top-level `main` (found by parsing, not importing)."""
-    out = []
-    for p in sorted((workdir / "pipelines").glob("*.py")):
-        if p.name.startswith("_"):
-            continue
-        try:
-            tree = ast.parse(p.read_text())
-        except SyntaxError:
-            continue
-        if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body):
-            out.append(p.stem)
-    return out
 
 
 def config_hash(stage: str, cfg: Config) -> str:
@@ -579,17 +564,16 @@ def precheck(
     config_path: str,
     sets: list[str],
     *,
+    stages: Mapping[str, str],
     workdir: Path,
     cwd: Path,
     runtime_env_file: Path | None = None,
 ) -> _Checked:
-    """What holds wherever the cluster is: the stage exists, the config and overrides validate, the config file
-    travels with the working dir, the runtime_env template carries no credential. Runs before any connection."""
-    stages = available_stages(workdir)
+    """What holds wherever the cluster is: the stage is one of `stages`, the config and overrides validate, the
+    config file travels with the working dir, the runtime_env template carries no credential. Runs before any
+    connection."""
     if stage not in stages:
-        raise SubmitError(
-            f"unknown stage {stage!r}: a module of {workdir / 'pipelines'} with main() ({stages})"
-        )
+        raise SubmitError(f"unknown stage {stage!r} (stages: {', '.join(stages)})")
     cfg_file = Path(config_path).expanduser()
     cfg_file = (cfg_file if cfg_file.is_absolute() else cwd / cfg_file).resolve()
     cfg = load_config(cfg_file, sets)  # types, ranges, cross-field rules; the error names the key
@@ -608,6 +592,7 @@ def plan_job(
     config_path: str,
     sets: list[str],
     *,
+    stages: Mapping[str, str],
     workdir: Path,
     local: bool,
     with_pip: bool | None = None,
@@ -615,10 +600,13 @@ def plan_job(
     runtime_env_file: Path | None = None,
     cwd: Path | None = None,
 ) -> tuple[JobPlan, Config]:
-    """Validate everything and build the job; contacts no cluster. Raises ConfigError / DatasetError / SubmitError."""
+    """Validate everything and build the job; contacts no cluster. `stages`: stage name -> the module the job
+    runs with `python -m`. Raises ConfigError / DatasetError / SubmitError."""
     cwd = (cwd or Path.cwd()).resolve()
     workdir = workdir.resolve()
-    c = precheck(stage, config_path, sets, workdir=workdir, cwd=cwd, runtime_env_file=runtime_env_file)
+    c = precheck(
+        stage, config_path, sets, stages=stages, workdir=workdir, cwd=cwd, runtime_env_file=runtime_env_file
+    )
     cfg_file, rel_config, cfg, template, excludes = c.cfg_file, c.rel_config, c.cfg, c.template, c.excludes
     try:
         paths = cluster_path_overrides(
@@ -641,7 +629,7 @@ def plan_job(
 
     digest = config_hash(stage, cfg)
     sid = submission_id(stage, cfg.run.name, digest)
-    argv = ["python", "-m", f"pipelines.{stage}", "--config", rel_config]
+    argv = ["python", "-m", stages[stage], "--config", rel_config]
     for item in overrides:
         argv += ["--set", item]
     metadata = {
@@ -730,12 +718,12 @@ def job_record(info) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def _submit_parser() -> argparse.ArgumentParser:
+def _submit_parser(stages: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uniproto submit",
         description="Submit a pipeline stage as a Ray job (status/logs/stop/list ID: see `uniproto submit status -h`).",
     )
-    p.add_argument("stage", help="a module under pipelines/ with main(): run, sweep, pretrain, finetune")
+    p.add_argument("stage", help=f"the pipeline stage to run: {', '.join(stages)}")
     p.add_argument("--config", required=True, help="YAML config inside the working directory")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
@@ -833,8 +821,8 @@ def _job_command(action: str, argv: list[str]) -> int:
     return 0
 
 
-def _submit(argv: list[str]) -> int:
-    a = _submit_parser().parse_args(argv)
+def _submit(argv: list[str], stages: Mapping[str, str]) -> int:
+    a = _submit_parser(stages).parse_args(argv)
     workdir = Path(a.working_dir).resolve()
     address = resolve_address(a.address)
     runtime_env_file = Path(a.runtime_env).resolve() if a.runtime_env else None
@@ -842,7 +830,7 @@ def _submit(argv: list[str]) -> int:
         # No cluster contact: with --cluster auto a loopback address is taken for this machine.
         local = is_loopback(address) if a.cluster == "auto" else a.cluster == "local"
         plan, _ = plan_job(
-            a.stage, a.config, a.set, workdir=workdir, local=local, with_pip=a.pip,
+            a.stage, a.config, a.set, stages=stages, workdir=workdir, local=local, with_pip=a.pip,
             check_data=a.check_data, runtime_env_file=runtime_env_file,
         )  # fmt: skip
         _print_json({"address": address, **plan.to_dict()})
@@ -850,8 +838,9 @@ def _submit(argv: list[str]) -> int:
 
     # Everything that does not depend on where the cluster runs is refused before any connection.
     precheck(
-        a.stage, a.config, a.set, workdir=workdir, cwd=Path.cwd().resolve(), runtime_env_file=runtime_env_file
-    )
+        a.stage, a.config, a.set, stages=stages, workdir=workdir, cwd=Path.cwd().resolve(),
+        runtime_env_file=runtime_env_file,
+    )  # fmt: skip
     client = connect(address, a.insecure_http)
     version, pinned = cluster_ray_version(client), pinned_version(workdir, "ray")
     if pinned and version and version != pinned and not a.allow_version_mismatch:
@@ -861,7 +850,7 @@ def _submit(argv: list[str]) -> int:
         )
     local = cluster_is_local(address) if a.cluster == "auto" else a.cluster == "local"
     plan, cfg = plan_job(
-        a.stage, a.config, a.set, workdir=workdir, local=local, with_pip=a.pip,
+        a.stage, a.config, a.set, stages=stages, workdir=workdir, local=local, with_pip=a.pip,
         check_data=a.check_data, runtime_env_file=runtime_env_file,
     )  # fmt: skip
     sid = _free_submission_id(client, plan.submission_id, a.resubmit)
@@ -890,12 +879,13 @@ def _submit(argv: list[str]) -> int:
     return 0 if status == "SUCCEEDED" else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, stages: Mapping[str, str]) -> int:
+    """`uniproto submit ...`; `stages`: the stages a submission may name, each with the module that runs it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in {"status", "logs", "stop", "list"}:
             return exit_2_on_user_errors(_job_command, argv[0], argv[1:])
-        return exit_2_on_user_errors(_submit, argv)
+        return exit_2_on_user_errors(_submit, argv, stages)
     except SubmitError as e:
         print(f"uniproto: submit: {e}", file=sys.stderr)
         return 2
@@ -905,7 +895,3 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -293,7 +293,7 @@ EXPECTED_SKIPPED = {
 
 
 def _check_shards(argv, capsys):
-    from system.cli import main
+    from pipelines.cli import main
 
     code = main(["check-shards", *argv])
     out, err = capsys.readouterr()

@@ -205,7 +205,7 @@ def test_raw_shard_spec_gets_a_scanned_manifest(tiny_dataset, tmp_path):
 
 
 def test_cli_lists_benchmark_and_refuses_unknown_target(capsys):
-    from system.cli import COMMANDS, main
+    from pipelines.cli import COMMANDS, main
 
     assert "benchmark" in COMMANDS
     assert main(["benchmark", "eval"]) == 2
@@ -216,10 +216,10 @@ def test_cli_lists_benchmark_and_refuses_unknown_target(capsys):
 def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
     """Ours + peer + bare (twice) + floor on the tiny dataset: the last line is the JSON contract, its ratios
     computed from its own figures (the figures themselves are timings, not asserted)."""
-    from system.bench_train import main
+    from pipelines.cli import main
 
     rc = main(
-        ["--shards", str(tiny_dataset), "--cpus", "2", "--epochs", "2", "--batch", "32",
+        ["benchmark", "train", "--shards", str(tiny_dataset), "--cpus", "2", "--epochs", "2", "--batch", "32",
          "--bare-steps", "2", "--bare-warmup", "1", "--workdir", str(tmp_path / "w"),
          "--set", "data.shuffle_buffer=0"]
     )  # fmt: skip
@@ -404,9 +404,10 @@ def test_ab_runs_alternate_and_only_b_gets_the_overrides(tiny_dataset, tmp_path,
     monkeypatch.setattr(bt, "run_tree", fake_run_tree)
     a = bt.parse_args(["--shards", str(tiny_dataset), "--only", "ours", "--epochs", "2", "--workdir",
                        str(tmp_path), "--set", "data.shuffle_buffer=0", "--ab", "data.prefetch_batches=3"])  # fmt: skip
-    result = bt.benchmark(a, say=lambda *_: None)
+    result = bt.benchmark(a, say=lambda *_: None, stage1="pipelines.pretrain")
     assert [side for side, _ in calls] == ["a", "b", "b", "a"]
     for side, cmd in calls:
+        assert cmd[3:6] == ["_ours", cmd[4], "pipelines.pretrain"]  # the child runs the module it is given
         sets = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--set"]
         assert "data.shuffle_buffer=0" in sets
         assert (sets[-1] == "data.prefetch_batches=3") == (side == "b")
@@ -421,10 +422,11 @@ def test_ab_runs_alternate_and_only_b_gets_the_overrides(tiny_dataset, tmp_path,
 def test_ab_real_runs_resolve_their_own_configs(tiny_dataset, tmp_path, capsys):
     """One A/B round of ours for real: two runs, each in its own run directory, B's override in B's resolved
     config only; the last line carries the A/B block."""
-    from system.bench_train import main
+    from pipelines.cli import main
 
-    rc = main(["--shards", str(tiny_dataset), "--only", "ours", "--cpus", "2", "--epochs", "2", "--batch", "32",
-               "--workdir", str(tmp_path / "w"), "--ab", "data.shuffle_buffer=0", "--ab-rounds", "1"])  # fmt: skip
+    rc = main(["benchmark", "train", "--shards", str(tiny_dataset), "--only", "ours", "--cpus", "2",
+               "--epochs", "2", "--batch", "32", "--workdir", str(tmp_path / "w"), "--ab", "data.shuffle_buffer=0",
+               "--ab-rounds", "1"])  # fmt: skip
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     ab = result["ab"]

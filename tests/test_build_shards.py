@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from system.cli import main as cli_main
+from pipelines.cli import main as cli_main
 from system.config import DataSection
 from system.data.build_shards import build, parse_args
 from system.data.class_list import read_class_names

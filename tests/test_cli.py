@@ -1,8 +1,18 @@
 """The console script: usage, make-demo-data flags, and clean refusals (exit 2, the key or file named)."""
 
 import json
+from pathlib import Path
 
-from system.cli import main
+from pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_console_script_is_the_apps_cli():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["uniproto"] == "pipelines.cli:main"
 
 
 def test_usage_lists_commands(capsys):

@@ -329,9 +329,10 @@ def test_kuberay_raycluster():
     ("name", "stage"), [("rayjob-pretrain.yaml", "pretrain"), ("rayjob-sweep.yaml", "sweep")]
 )
 def test_kuberay_rayjob(name, stage):
+    from pipelines.cli import STAGES
     from system.config import load_config
     from system.spaces import load_space
-    from system.submit import available_stages, cluster_path_overrides
+    from system.submit import cluster_path_overrides
 
     policy, job = _docs(name)
     assert policy["kind"] == "NetworkPolicy" and policy["apiVersion"] == "networking.k8s.io/v1"
@@ -354,7 +355,7 @@ def test_kuberay_rayjob(name, stage):
 
     # The entrypoint is a real stage with a config whose every value validates, with cluster-safe paths.
     argv = shlex.split(spec["entrypoint"])
-    assert argv[:3] == ["python", "-m", f"pipelines.{stage}"] and stage in available_stages(REPO)
+    assert argv[:3] == ["python", "-m", STAGES[stage]]
     config = argv[argv.index("--config") + 1]
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     assert (REPO / config).is_file()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from system.cli import main
+from pipelines.cli import main
 from system.models import create_clip, load_state
 
 ARCH = "uniproto-tiny-rn"

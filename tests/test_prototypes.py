@@ -453,7 +453,7 @@ def test_make_class_prototypes_saves_class_order(tmp_path):
 
 
 def test_cli_prints_json_last_and_saves_order(tmp_path, capsys):
-    from system.cli import main
+    from pipelines.cli import main
 
     names = tmp_path / "names.txt"
     names.write_text("".join(f"c{i}\n" for i in range(20)))

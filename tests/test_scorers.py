@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from system.cli import main as cli_main
+from pipelines.cli import main as cli_main
 from system.text.embedding_scorers import OFF_TOPIC_ANCHORS, AnchorScorer, ClipTextScorer
 from system.text.filter import PROMPT_TEMPLATES, filter_corpus
 from system.text.scorers import SCORERS, make_scorer

@@ -131,7 +131,7 @@ def test_s3_dataset_reads_through_the_pipeline_and_check_shards(s3_dataset, tiny
         assert ledger_summary(ledger)["failed_shards"][0]["reason"] == "missing"
         assert read_split(shards.urls[:1]).count() > 0
 
-        from system.cli import main
+        from pipelines.cli import main
 
         capsys.readouterr()
         code = main(["check-shards", spec, "--root", s3_dataset, "--cpus", "2", "--image-size", "32"])

@@ -15,27 +15,32 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.cli import STAGES
 from system.config import ConfigError, load_config
 from system.submit import (
     SubmitError,
     assert_no_secrets,
-    available_stages,
     cluster_path_overrides,
     git_info,
     is_loopback,
     load_runtime_env_file,
-    main,
     plan_job,
     resolve_address,
 )
+from system.submit import main as submit_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = "pipelines/configs/demo.yaml"
 EXCLUDES = ["/runs/", "/.venv/", "/.git/"]
 
 
+def main(argv: list[str]) -> int:
+    """`uniproto submit ...` with the console script's stages."""
+    return submit_main(argv, stages=STAGES)
+
+
 def test_submit_is_a_uniproto_command():
-    tree = ast.parse((REPO / "system" / "cli.py").read_text())
+    tree = ast.parse((REPO / "pipelines" / "cli.py").read_text())
     registry = next(
         n.value
         for n in tree.body
@@ -44,9 +49,14 @@ def test_submit_is_a_uniproto_command():
     assert "submit" in [k.value for k in registry.keys]
 
 
-def test_stages_are_the_pipeline_modules_with_main():
-    stages = available_stages(REPO)
-    assert {"run", "pretrain", "finetune"} <= set(stages) and "common" not in stages
+def test_stages_are_pipeline_modules_with_main():
+    """Every stage the console script hands to `uniproto submit` is a module of pipelines/ with a `main`, run
+    as `python -m` by the job; the pipelines' shared code is none."""
+    assert {"run", "sweep", "ablate", "pretrain", "finetune"} <= set(STAGES) and "common" not in STAGES
+    for stage, module in STAGES.items():
+        assert module == f"pipelines.{stage}"
+        tree = ast.parse((REPO / "pipelines" / f"{stage}.py").read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), stage
 
 
 def test_address_resolution(monkeypatch):
@@ -65,7 +75,7 @@ def test_address_resolution(monkeypatch):
 
 
 def _plan(sets, local=True, **kw):
-    return plan_job("run", DEMO, list(sets), workdir=REPO, local=local, cwd=REPO, **kw)
+    return plan_job("run", DEMO, list(sets), stages=STAGES, workdir=REPO, local=local, cwd=REPO, **kw)
 
 
 def test_id_hash_and_metadata(tiny_dataset):

@@ -161,9 +161,10 @@ def _uniproto(head: Head, *args: str, env: dict[str, str] | None = None, timeout
         [
             sys.executable,
             "-m",
-            "system.submit",
+            "pipelines.cli",
+            "submit",
             *args,
-        ],  # `uniproto submit ...` (tests/test_submit.py: registry)
+        ],  # `uniproto submit ...`
         cwd=REPO,
         env=env or head.env,
         capture_output=True,
@@ -244,10 +245,13 @@ def test_submit_to_a_real_ray_head(ray_head, tiny_dataset, tmp_path):
     for s in sets:
         argv += ["--set", s]
     env = dict(head.env, AWS_SECRET_ACCESS_KEY=FAKE_SECRET, HF_TOKEN=FAKE_SECRET + "-hf")
+    from pipelines.cli import STAGES
     from system.submit import plan_job
 
     # What the submitting side must compute for this config (computed just before, same code and schema).
-    plan, _ = plan_job("run", "pipelines/configs/demo.yaml", sets, workdir=REPO, local=True, cwd=REPO)
+    plan, _ = plan_job(
+        "run", "pipelines/configs/demo.yaml", sets, stages=STAGES, workdir=REPO, local=True, cwd=REPO
+    )
     t0 = time.monotonic()
     r = _uniproto(head, *argv, env=env, timeout=480)
     elapsed = time.monotonic() - t0

@@ -1,4 +1,9 @@
-"""`uniproto` console script: one entry point, a subcommand per job (registry, not an if-chain)."""
+"""`uniproto` console script: one entry point, a subcommand per job (registry, not an if-chain).
+
+The app's side of the line: the library (system/) names no pipeline, so what it needs of them is passed in
+from here: the stages `uniproto submit` may run as Ray jobs, the stage 1 that `uniproto benchmark train`
+measures.
+"""
 
 from __future__ import annotations
 
@@ -67,9 +72,20 @@ def _make_demo_data(argv: list[str]) -> int:
     return 0
 
 
-def _pipeline(module: str) -> Callable[[list[str]], int]:
+# The pipeline stages, each the module whose main(argv) runs it: `uniproto <stage>` runs one in this process,
+# `uniproto submit <stage>` as a Ray job (`python -m <module>` in the uploaded working directory).
+STAGES: dict[str, str] = {
+    "run": "pipelines.run",
+    "sweep": "pipelines.sweep",
+    "ablate": "pipelines.ablate",
+    "pretrain": "pipelines.pretrain",
+    "finetune": "pipelines.finetune",
+}
+
+
+def _stage(name: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
-        importlib.import_module(f"pipelines.{module}").main(argv)
+        importlib.import_module(STAGES[name]).main(argv)
         return 0
 
     return run
@@ -185,7 +201,7 @@ def _export(argv: list[str]) -> int:
 def _submit(argv: list[str]) -> int:
     from system.submit import main as submit_main
 
-    return submit_main(argv)
+    return submit_main(argv, stages=STAGES)
 
 
 # `uniproto benchmark <what>`: module of each benchmark's main (imported only when run).
@@ -196,9 +212,10 @@ def _benchmark(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
         print("usage: uniproto benchmark {train,data,gpu} [options] (see --help)", file=sys.stderr)
         return 2
-    import importlib
-
-    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+    main = importlib.import_module(BENCHMARKS[argv[0]]).main
+    if argv[0] == "train":  # "ours" is our stage 1 as `uniproto pretrain` runs it
+        return main(argv[1:], stage1=STAGES["pretrain"])
+    return main(argv[1:])
 
 
 def _build_shards(argv: list[str]) -> int:
@@ -232,17 +249,17 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
         _build_shards,
         "your images (split files, class folders, img2dataset web captions) -> a dataset directory",
     ),
-    "run": (_pipeline("run"), "the whole pipeline: text filter, stage 1 + stage 2 sweep, test report"),
+    "run": (_stage("run"), "the whole pipeline: text filter, stage 1 + stage 2 sweep, test report"),
     "sweep": (
-        _pipeline("sweep"),
+        _stage("sweep"),
         "a Ray Tune sweep (--space, --samples; ASHA, Optuna), resumable; best.yaml out",
     ),
     "ablate": (
-        _pipeline("ablate"),
+        _stage("ablate"),
         "what each component buys: baseline .. full + a no-text control, over seeds (mean ± std)",
     ),
-    "pretrain": (_pipeline("pretrain"), "stage 1 alone (Ray Data + Ray Train + DeepSpeed)"),
-    "finetune": (_pipeline("finetune"), "stage 2 + evaluation from a stage-1 checkpoint"),
+    "pretrain": (_stage("pretrain"), "stage 1 alone (Ray Data + Ray Train + DeepSpeed)"),
+    "finetune": (_stage("finetune"), "stage 2 + evaluation from a stage-1 checkpoint"),
     "submit": (
         _submit,
         "run a stage as a Ray job on a cluster (--follow; status/logs/stop/list ID), checked before it leaves",
