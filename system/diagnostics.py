@@ -13,17 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from system.heads import ClassMeanAccumulator
+
 
 def class_centroids(
     features: np.ndarray, labels: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised class means of normalised features: mu [K, d] (zero rows for absent classes), counts [K]."""
-    f = F.normalize(torch.as_tensor(features).double(), dim=1)  # [N, d]
-    y = torch.as_tensor(labels).long()  # [N]
-    sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64).index_add_(0, y, f)  # [K, d]
-    counts = torch.bincount(y, minlength=num_classes)  # [K]
-    mu = F.normalize(sums, dim=1)  # zero rows stay zero
-    return mu.numpy(), counts.numpy()
+    f = torch.as_tensor(features)  # [N, d]
+    acc = ClassMeanAccumulator(num_classes, f.shape[1]).update(f, torch.as_tensor(labels))
+    mu = F.normalize(acc.sums, dim=1)  # normalising the sum equals normalising the mean; zero rows stay zero
+    return mu.numpy(), acc.counts.numpy()
 
 
 def centroid_geometry(

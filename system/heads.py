@@ -35,7 +35,9 @@ __all__ = [
 
 class ClassMeanAccumulator:
     """Running per-class sums of normalised features, so prototypes can be built batch by batch and merged
-    across workers. Sums are kept in float64 so the batch order barely matters."""
+    across workers. Sums are kept in float64 so the batch order barely matters. The one place class means are
+    computed: stage 2's prototypes, the stage-1 val probe (`sums`, `counts`), the centroid diagnostics and the
+    retrieval scorer's image centroids (`means`)."""
 
     def __init__(self, num_classes: int, dim: int) -> None:
         self.num_classes, self.dim = int(num_classes), int(dim)
@@ -61,6 +63,10 @@ class ClassMeanAccumulator:
         self.sums += other.sums
         self.counts += other.counts
         return self
+
+    def means(self) -> torch.Tensor:
+        """Mean of each class's normalised features, float64 [K, d]; zero rows for classes without features."""
+        return self.sums / self.counts.clamp(min=1).unsqueeze(1).double()
 
     def prototypes(self) -> torch.Tensor:
         """mu_c = normalize(mean of class c's normalised features), float32 [K, d]; ValueError for empty classes."""

@@ -26,7 +26,7 @@ from system.checkpoint import META_FILE, MODEL_FILE, weights_only_loads
 from system.config import Config, config_from_dict
 from system.data.dataset_dir import Manifest
 from system.ds_config import deepspeed_config, skip_single_rank_allreduce, warmup_cosine
-from system.heads import leave_one_out_class_mean_predictions
+from system.heads import ClassMeanAccumulator, leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss
 from system.models import add_class_head, create_clip, preprocess_for
 from system.optim import build_adamw
@@ -239,11 +239,8 @@ class StageOneProbe:
         y = torch.from_numpy(self.labels).long()  # [n]
         zs_correct = float(((f @ text.cpu().T).argmax(dim=1) == y).sum()) if len(y) else 0.0
         # Class sums over all ranks, then every rank scores its own samples leave-one-out.
-        sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64).index_add_(
-            0, y, f.double()
-        )  # [K, d]
-        counts = torch.bincount(y, minlength=num_classes).double()  # [K]
-        sums, counts = _all_reduce(sums), _all_reduce(counts)
+        acc = ClassMeanAccumulator(num_classes, f.shape[1]).update(f, y)
+        sums, counts = _all_reduce(acc.sums), _all_reduce(acc.counts.double())  # [K, d], [K]
         ncm_correct = (
             float((leave_one_out_class_mean_predictions(f, y, sums, counts) == y).sum()) if len(y) else 0.0
         )

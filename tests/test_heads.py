@@ -16,6 +16,7 @@ from system.heads import (
     build_head,
     class_mean_prototypes,
     lambda_curve,
+    leave_one_out_class_mean_predictions,
     positive_bias,
     train_head,
 )
@@ -62,6 +63,72 @@ def test_accumulator_batches_and_merge_equal_one_shot():
         acc.merge(ClassMeanAccumulator(7, 8))
     with pytest.raises(ValueError):
         acc.update(f[:2], torch.tensor([0, 7]))
+
+
+def _hand_made_features() -> tuple[torch.Tensor, torch.Tensor]:
+    """9 unit-length features of 3 classes (class 3 has none), in 4-d, as the encoders return them."""
+    f = torch.tensor(
+        [[3, 4, 0, 0], [1, 0, 0, 0], [0, 2, 1, 0], [-3, 0, 0, 1], [0, 0, 5, 0],
+         [1, 1, 1, 1], [0, -1, 0, 2], [2, 0, -1, 0], [0, 0, 0, 7]],
+        dtype=torch.float32,
+    )  # fmt: skip
+    y = torch.tensor([0, 1, 0, 1, 2, 2, 1, 0, 2])
+    return torch.nn.functional.normalize(f, dim=1), y
+
+
+def test_class_mean_callers_give_what_their_own_formulas_gave():
+    """The stage-1 val probe, the centroid diagnostics and the retrieval scorer's centroids now take their
+    class means from ClassMeanAccumulator: the same figures as the formulas each computed before."""
+    from system.diagnostics import class_centroids
+
+    f, y = _hand_made_features()
+    k = 4
+    old_counts = torch.bincount(y, minlength=k)  # [K]
+    acc = ClassMeanAccumulator(k, 4).update(f, y)
+    # stage-1 val probe (ray_pretrain): the encoder's unit features summed as they came; the accumulator
+    # normalises them once more in float64 (a change in the 8th digit), then the same leave-one-out predictions
+    old_sums = torch.zeros(k, 4, dtype=torch.float64).index_add_(0, y, f.double())  # [K, d]
+    assert torch.allclose(acc.sums, old_sums, rtol=0, atol=1e-7) and torch.equal(acc.counts, old_counts)
+    loo = leave_one_out_class_mean_predictions
+    assert torch.equal(loo(f, y, acc.sums, acc.counts.double()), loo(f, y, old_sums, old_counts.double()))
+    # diagnostics: the features normalised in float64, summed, the sums normalised (absent classes: zero rows)
+    mu, counts = class_centroids(f.numpy(), y.numpy(), k)
+    f64 = torch.nn.functional.normalize(f.double(), dim=1)
+    old_mu = torch.nn.functional.normalize(
+        torch.zeros(k, 4, dtype=torch.float64).index_add_(0, y, f64), dim=1
+    )
+    np.testing.assert_allclose(mu, old_mu.numpy(), rtol=0, atol=1e-15)
+    assert counts.tolist() == old_counts.tolist() and not mu[3].any()
+    # retrieval: plain means of the (already normalised) features, float32, a zero row for an empty class
+    sums = np.zeros((k, 4), dtype=np.float64)
+    np.add.at(sums, y.numpy(), f.numpy())
+    old_means = (sums / np.maximum(old_counts.numpy(), 1)[:, None]).astype(np.float32)
+    np.testing.assert_allclose(acc.means().float().numpy(), old_means, rtol=0, atol=1e-7)
+    assert not acc.means()[3].any()
+
+
+def test_retrieval_centroids_are_the_accumulators_means(tiny_dataset):
+    """image_centroids over the tiny dataset's train split, with a stand-in encoder (unit vectors from pixel
+    means), against the per-batch numpy sums it used to keep."""
+    from system.data.dataset_dir import load_manifest
+    from system.data.decode import decode_batch
+    from system.text.retrieval import _raw_batches, image_centroids
+
+    class Encoder:
+        def encode_images(self, images: np.ndarray) -> np.ndarray:
+            x = images.reshape(len(images), -1, 3).mean(axis=1) + 1.0  # [N, 3]
+            return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    manifest = load_manifest(tiny_dataset)
+    k = manifest.num_classes
+    mu = image_centroids(Encoder(), tiny_dataset, 32, batch_size=50)
+    sums, counts = np.zeros((k, 3)), np.zeros(k, dtype=np.int64)
+    for raw in _raw_batches(manifest.shard_paths(tiny_dataset, "train"), 50):
+        batch = decode_batch(raw, 32, k)
+        np.add.at(sums, batch["label"], Encoder().encode_images(batch["image"]))
+        np.add.at(counts, batch["label"], 1)
+    assert counts.tolist() == manifest.train_counts
+    np.testing.assert_allclose(mu, (sums / np.maximum(counts, 1)[:, None]).astype(np.float32), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ blending

@@ -59,25 +59,26 @@ def image_centroids(
     encoder: ClipTextEncoder, root: str | Path, image_size: int, split: str = "train", batch_size: int = 64
 ) -> np.ndarray:
     """Mean normalised image feature per class of `split` [K, d]; a class without images gets a zero row."""
+    import torch
+
     from system.data.dataset_dir import load_manifest
     from system.data.decode import decode_batch
+    from system.heads import ClassMeanAccumulator
 
     manifest = load_manifest(root)
     k = manifest.num_classes
-    sums: np.ndarray | None = None
-    counts = np.zeros(k, dtype=np.int64)
+    acc: ClassMeanAccumulator | None = None
     for raw in _raw_batches(manifest.shard_paths(root, split), batch_size):
         batch = decode_batch(raw, image_size, k)
         if not len(batch["label"]):
             continue
         features = encoder.encode_images(batch["image"])  # [B, d]
-        if sums is None:
-            sums = np.zeros((k, features.shape[1]), dtype=np.float64)
-        np.add.at(sums, batch["label"], features)
-        np.add.at(counts, batch["label"], 1)
-    if sums is None:
+        if acc is None:
+            acc = ClassMeanAccumulator(k, features.shape[1])
+        acc.update(torch.as_tensor(features), torch.as_tensor(batch["label"]))
+    if acc is None:
         raise ValueError(f"{root}: split {split!r} has no decodable images to compute class centroids from")
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return acc.means().float().numpy()
 
 
 def load_centroids(path: str | Path, num_classes: int) -> np.ndarray:
