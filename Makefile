@@ -21,7 +21,8 @@ demo: setup
 	$(VENV)/bin/uniproto run --config pipelines/configs/demo.yaml
 
 # The ablation on the crowded-tail demo: 5 stage-1 recipes x 3 seeds, tau_p chosen on val from a 3-point grid
-# (39 stage-1 runs, about 2 hours on 2 cores). `make ablate ABLATE_ARGS=` skips the grid (15 runs, ~45 minutes).
+# (39 stage-1 runs of about 2.5 minutes on 2 cores: about 1 h 40 min). `make ablate ABLATE_ARGS=` skips the grid
+# (15 runs, about 40 minutes).
 ABLATE_ARGS ?= --space tune_spaces/ablate_temperature.yaml
 ablate: setup
 	@test -f $(ABLATE_DATA)/manifest.json || $(VENV)/bin/uniproto make-demo-data --profile crowded --out $(ABLATE_DATA)
