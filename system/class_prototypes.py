@@ -11,7 +11,7 @@ import open_clip
 import torch
 
 from system.config import Config
-from system.models import create_clip, register_model_configs, tokenizer_for
+from system.models import create_clip, pooled_text, register_model_configs, tokenizer_for
 from system.prototypes import (
     align_to_text,
     alignment_cosine,
@@ -41,10 +41,7 @@ def class_text_embeddings(cfg: Config, class_names: list[str]) -> torch.Tensor:
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size).eval()
     tokens = tokenizer_for(cfg.model.arch)([f"a photo of a {n}." for n in class_names])  # [K, L]
     if bundled_text_model(cfg.model.arch) and not cfg.model.pretrained:
-        text = model.text
-        mask = (tokens != text.config.pad_token_id).long()  # [K, L]
-        pooled = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)  # [K, e]
-        return torch.nn.functional.normalize(pooled, dim=-1).float()
+        return torch.nn.functional.normalize(pooled_text(model.text, tokens), dim=-1).float()  # [K, e]
     return model.encode_text(tokens, normalize=True).float()  # [K, d]
 
 

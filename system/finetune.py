@@ -15,6 +15,7 @@ import torch
 
 from system.config import EvalSection, FinetuneSection
 from system.heads import blend_logits, class_mean_prototypes, lambda_curve, train_head
+from system.heads import lambda_correct as lambda_correct_matrix
 from system.linear_probe import ProbeFit, fit_linear_probe, l2_grid
 from system.metrics import shot_accuracy
 
@@ -194,17 +195,14 @@ def _candidate_grid(points: int, candidates: np.ndarray | None) -> np.ndarray:
 
 
 def lambda_correct(val: BranchLogits, lams: np.ndarray) -> np.ndarray:
-    """correct[i, g]: the blended top-1 of sample i at lams[g] is its label ([N, L] bool).
-
-    One `blended_predictions` per lambda, over all samples at once: the same blend and tie rule as the lambda
-    curve checks itself against, so the rows' mean is that curve at these lambdas.
-    """
-    lam = np.asarray(lams, dtype=np.float64).ravel()  # [L]
-    labels = np.asarray(val.labels)  # [N]
-    correct = np.empty((labels.size, lam.size), dtype=bool)  # [N, L]
-    for g, lg in enumerate(lam):
-        correct[:, g] = blended_predictions(val, float(lg)) == labels  # [N]
-    return correct
+    """correct[i, g]: the blended top-1 of sample i at lams[g] is its label ([N, L] bool): the per-sample view of
+    the lambda curve (system.heads.lambda_correct), so the rows' mean is that curve at these lambdas."""
+    return lambda_correct_matrix(
+        torch.from_numpy(val.head),
+        torch.from_numpy(val.proto),
+        torch.from_numpy(np.asarray(val.labels)),
+        lams,
+    )
 
 
 def lambda_bootstrap(

@@ -7,7 +7,7 @@ computed from the two branches' logits without retraining.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -334,19 +334,10 @@ def _solve_chunk(
     return correct, (near_rows, near_grid)
 
 
-def lambda_curve(
-    head_logits: torch.Tensor,
-    proto_logits: torch.Tensor,
-    labels: torch.Tensor,
-    lams: Sequence[float] | None = None,
-    chunk_size: int = 4096,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 accuracy (percent) of blend_logits(head, proto, lam) for each lam (default 101 points on [0, 1]).
-
-    Solved per sample as an interval of lam (about O(N K) instead of O(N K L)); the (sample, lam) pairs near a
-    crossing are re-checked with blend_logits itself, so ties and float32 rounding match the naive loop.
-    Chunks with non-finite logits fall back to the naive loop. Returns (lams, accuracies), in the order of lams.
-    """
+def _lambda_inputs(
+    head_logits: torch.Tensor, proto_logits: torch.Tensor, labels: torch.Tensor, lams: Sequence[float] | None
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lams [L], head [N, K], proto [N, K], labels [N]) on CPU, checked."""
     lam_arr = np.linspace(0.0, 1.0, 101) if lams is None else np.asarray(lams, dtype=np.float64).ravel()
     if lam_arr.size == 0 or lam_arr.min() < 0.0 or lam_arr.max() > 1.0:
         raise ValueError("lams must be a non-empty sequence of values in [0, 1]")
@@ -357,20 +348,65 @@ def lambda_curve(
         raise ValueError(
             f"logits {tuple(h.shape)}, {tuple(p.shape)} and labels {tuple(y.shape)} do not match"
         )
-    order = np.argsort(lam_arr, kind="stable")
-    grid = torch.from_numpy(lam_arr[order])  # [L], sorted for searchsorted
-    hits = torch.zeros(len(lam_arr), dtype=torch.int64)  # [L], sorted order
+    return lam_arr, h, p, y
+
+
+def _correct_chunks(
+    h: torch.Tensor, p: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, chunk_size: int
+) -> Iterator[torch.Tensor]:
+    """correct [n, L] (bool, grid order) for each chunk of `chunk_size` samples, in sample order.
+
+    Solved per sample as an interval of lam (about O(n K) instead of O(n K L)); the (sample, lam) pairs near a
+    crossing are re-checked with blend_logits itself, so ties and float32 rounding match the naive loop.
+    Chunks with non-finite logits fall back to the naive loop."""
     for s in range(0, y.numel(), chunk_size):
         hc, pc, yc = h[s : s + chunk_size], p[s : s + chunk_size], y[s : s + chunk_size]
         # ~16 float32 ulps of the largest logit; nan or inf when a logit is not finite
         err = 1e-6 * sum(float(v.abs()) for t in (hc, pc) for v in torch.aminmax(t))
         if not np.isfinite(err):  # inf or nan logits: the naive loop (max propagates nan)
-            hits += torch.stack([_lambda_correct_naive(hc, pc, yc, float(lam)).sum() for lam in grid])
+            yield torch.stack([_lambda_correct_naive(hc, pc, yc, float(lam)) for lam in grid], dim=1)
             continue
         correct, (near_rows, near_grid) = _solve_chunk(hc, pc, yc, grid, err)  # [n, L]
         for j in torch.unique(near_grid).tolist():
             rows = torch.unique(near_rows[near_grid == j])
             correct[rows, j] = _lambda_correct_naive(hc[rows], pc[rows], yc[rows], float(grid[j]))
+        yield correct
+
+
+def lambda_correct(
+    head_logits: torch.Tensor,
+    proto_logits: torch.Tensor,
+    labels: torch.Tensor,
+    lams: Sequence[float] | None = None,
+    chunk_size: int = 4096,
+) -> np.ndarray:
+    """correct[i, g]: blend_logits(head, proto, lams[g]) ranks sample i's label first ([N, L] bool, in the
+    order of lams): the per-sample view of lambda_curve (a bootstrap over samples resamples its rows)."""
+    lam_arr, h, p, y = _lambda_inputs(head_logits, proto_logits, labels, lams)
+    order = np.argsort(lam_arr, kind="stable")
+    grid = torch.from_numpy(lam_arr[order])  # [L], sorted for searchsorted
+    correct = torch.cat(list(_correct_chunks(h, p, y, grid, chunk_size))).numpy()  # [N, L], sorted order
+    out = np.empty_like(correct)
+    out[:, order] = correct
+    return out
+
+
+def lambda_curve(
+    head_logits: torch.Tensor,
+    proto_logits: torch.Tensor,
+    labels: torch.Tensor,
+    lams: Sequence[float] | None = None,
+    chunk_size: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 accuracy (percent) of blend_logits(head, proto, lam) for each lam (default 101 points on [0, 1]),
+    exact as the naive loop (see _correct_chunks), in memory one chunk at a time. Returns (lams, accuracies),
+    in the order of lams.
+    """
+    lam_arr, h, p, y = _lambda_inputs(head_logits, proto_logits, labels, lams)
+    order = np.argsort(lam_arr, kind="stable")
+    grid = torch.from_numpy(lam_arr[order])  # [L], sorted for searchsorted
+    hits = torch.zeros(len(lam_arr), dtype=torch.int64)  # [L], sorted order
+    for correct in _correct_chunks(h, p, y, grid, chunk_size):
         hits += correct.sum(dim=0)
     acc = np.empty(len(lam_arr))
     acc[order] = hits.double().numpy() * 100.0 / y.numel()

@@ -192,6 +192,13 @@ class PooledTextCache:
             self.rows.popitem(last=False)
 
 
+def pooled_text(text: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """A Hugging Face text tower's pooled sentence embedding before its projection: tokens [b, L] -> [b, e]
+    (mean over the real tokens for MiniLM, as sentence-transformers computes it)."""
+    mask = (tokens != text.config.pad_token_id).long()  # [b, L]
+    return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)  # [b, e]
+
+
 def _cached_text_forward(self, x: torch.Tensor) -> torch.Tensor:
     """HFTextEncoder.forward for a frozen transformer: tokens [b, L] -> projected features [b, d]."""
     cache: PooledTextCache = self.pooled_cache
@@ -202,10 +209,9 @@ def _cached_text_forward(self, x: torch.Tensor) -> torch.Tensor:
     if missing:
         first = {k: i for i, k in reversed(list(enumerate(keys)))}  # each missing text's first row
         rows = x[torch.tensor([first[k] for k in missing], device=x.device)]  # [m, L]
-        mask = (rows != self.config.pad_token_id).long()  # [m, L]
         self.transformer.eval()  # model.train() sets it back each epoch; a frozen encoder runs without dropout
         with torch.no_grad():
-            pooled = self.pooler(self.transformer(input_ids=rows, attention_mask=mask), mask)  # [m, e]
+            pooled = pooled_text(self, rows)  # [m, e]
         for k, row in zip(missing, pooled, strict=True):
             found[k] = row
             cache.put(k, row)
