@@ -168,6 +168,9 @@ class TrainSection:
     checkpoint_every_steps: int | None = knob(None, lo=1)
     keep_checkpoints: int | None = knob(2, lo=1)  # newest checkpoints kept in storage (None: all)
     max_failures: int = knob(0, lo=-1)
+    # a local directory where every Train worker writes the rows it trains on, one line per row: the step,
+    # the shard's position in the stream and the row's ordinal in its shard (data-order audits; resume tests)
+    trace_rows_dir: str | None = None
     # extra environment for the Train workers (e.g. NCCL_SOCKET_IFNAME); never secrets: those come from the
     # cluster's own environment or secret store, not from a config that is saved in every run directory
     worker_env: dict[str, str] = knob({})
@@ -241,7 +244,11 @@ class RaySection:
 class SweepSection:
     space: str | None = "tune_spaces/demo.yaml"  # None: a single trial with the config as is
     num_samples: int = knob(1, lo=1)  # samples per grid point (basic) or trials in all (optuna)
-    max_concurrent: int | None = knob(None, lo=1)  # None: as many trials as the cluster's CPUs/GPUs hold
+    # None: as many trials as the cluster's CPUs/GPUs hold, or can grow to under its autoscaler's limits
+    max_concurrent: int | None = knob(None, lo=1)
+    # Tune restarts a failed trial (a lost node, a preempted driver) this many times; the restarted trial
+    # resumes its stage-1 checkpoint and data stream. 0: a failed trial stays failed; -1: no limit
+    max_failures: int = knob(1, lo=-1)
     search: Literal["basic", "optuna"] = "basic"  # basic: grid + random sampling; optuna: seeded TPE
     scheduler: Literal["fifo", "asha"] = "fifo"  # asha stops weak trials at epoch rungs
     asha_grace_epochs: int = knob(1, lo=1)  # no trial is stopped before this many stage-1 reports (epochs)
@@ -485,6 +492,10 @@ def _validate_cross(cfg: Config) -> None:
     if cfg.data.text_scorer not in SCORERS:
         raise ConfigError(
             f"data.text_scorer: unknown scorer {cfg.data.text_scorer!r} (known: {sorted(SCORERS)})"
+        )
+    if "://" in str(cfg.train.trace_rows_dir or ""):
+        raise ConfigError(
+            f"train.trace_rows_dir: must be a local directory (no URLs), got {cfg.train.trace_rows_dir!r}"
         )
     for key in ("text_scorer_model", "text_scorer_centroids"):
         # local files only: nothing is downloaded at run time, and a URL could carry credentials into the

@@ -21,6 +21,7 @@ from system.data.dataset_dir import Manifest
 from system.data.decode import resample_factors
 from system.ray_reader import decode_and_record, read_shards
 from system.schedule import Schedule
+from system.stream_cursor import StreamState
 from system.text.pairing import TextPairer
 from system.text.scorers import scorer_options
 
@@ -54,9 +55,11 @@ def read_split(
     num_cpus: float | None = None,
     rows_per_block: int | None = None,
     max_member_bytes: int | None = None,
+    first_index: int = 0,
 ) -> ray.data.Dataset:
-    """Raw rows (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json` bytes) of a list of tar shards (local
-    paths or s3:// / gs:// URLs; `filesystem` defaults to the first path's), one read task per shard.
+    """Raw rows (`__key__`, `__url__`, `__shard__`, `__row__`, `jpg`, `txt`, `json` bytes) of a list of tar
+    shards (local paths or s3:// / gs:// URLs; `filesystem` defaults to the first path's), one read task per
+    shard.
     Faulty samples and shards are skipped and recorded in `ledger` (or raise DataFault with `strict`);
     members over `max_member_bytes` (default: the reader's 64 MiB) are skipped unread."""
     return read_shards(
@@ -67,6 +70,7 @@ def read_split(
         num_cpus=num_cpus,
         rows_per_block=rows_per_block,
         max_member_bytes=max_member_bytes,
+        first_index=first_index,
     )
 
 
@@ -80,9 +84,12 @@ def decoded_split(
     *,
     ledger=None,
     filesystem=None,
+    first_index: int = 0,
+    skip: dict[int, dict[int, int]] | None = None,
 ) -> ray.data.Dataset:
     """Decoded rows of `paths`; `augment` (the train stream only) applies the config's random crop + flip.
-    Skip counts (reader and decoder) go to `ledger` when given; `data.strict` raises at the first fault."""
+    Skip counts (reader and decoder) go to `ledger` when given; `data.strict` raises at the first fault.
+    `first_index` and `skip`: a resumed stream's first shard position and the rows already trained on."""
     factors = None if resample == "none" else resample_factors(manifest.train_counts, resample)
     # Read and decode run as one task per shard, so raw bytes never go through the object store. Ray Data fuses
     # them only when both ask for the same resources and the decode stage sets no batch size (a read may change
@@ -96,6 +103,7 @@ def decoded_split(
         num_cpus=cfg.data.decode_cpus,
         rows_per_block=cfg.data.decode_batch_size,
         max_member_bytes=cfg.data.max_member_bytes,
+        first_index=first_index,
     )
     if sample_fraction is not None and sample_fraction < 1.0:
         # Sample raw rows before decoding: only the kept images are decoded. Seeded, so every trial of a
@@ -105,6 +113,7 @@ def decoded_split(
         decode_and_record,
         fn_kwargs={
             "ledger": ledger,
+            "skip": skip,
             "strict": cfg.data.strict,
             "image_size": cfg.data.image_size,
             "num_classes": manifest.num_classes,
@@ -133,7 +142,14 @@ def train_batches(stream, cfg: Config, device="auto"):
         drop_last=True,
         local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
         prefetch_batches=cfg.data.prefetch_batches,
-        dtypes={"image": torch.uint8, "text": torch.int64, "label": torch.int64},
+        # shard/row: where each row came from (the stream cursor's count)
+        dtypes={
+            "image": torch.uint8,
+            "text": torch.int64,
+            "label": torch.int64,
+            "shard": torch.int64,
+            "row": torch.int64,
+        },
         device=device,
         pin_memory=on_gpu,
     )
@@ -167,15 +183,28 @@ def train_dataset(
     paths: Sequence[str],
     pools: dict[int, list[str]],
     ledger=None,
+    resume: StreamState | None = None,
 ) -> ray.data.Dataset:
     """The stage-1 stream for the whole run: decoded + resampled images paired with filtered class text.
 
     One stream covers every epoch (shards re-listed once per epoch, each time in a new seeded order); the
     train loop cuts it into epochs by sample count. Iterating once per epoch instead would rebuild the
     pipeline, text-filter actors included, at every epoch boundary (about half of each epoch on 2 cores).
+    `resume` (a checkpoint's stream state) starts the stream at the first shard not trained on to its end,
+    less the rows of it and later shards already trained on: what the uninterrupted run would still read.
     """
     ordered = epoch_shard_order(list(paths), schedule.stream_epochs, cfg.run.seed)
-    ds = decoded_split(cfg, manifest, ordered, resample=cfg.data.resample, augment=True, ledger=ledger)
+    start = min(resume.start, len(ordered) - 1) if resume is not None else 0
+    ds = decoded_split(
+        cfg,
+        manifest,
+        ordered[start:],
+        resample=cfg.data.resample,
+        augment=True,
+        ledger=ledger,
+        first_index=start,
+        skip=resume.consumed if resume is not None and resume.consumed else None,
+    )
     return with_text_pairing(cfg, manifest, ds, pools)
 
 

@@ -41,6 +41,7 @@ from system.stage1_step import (
     configure_device_math,
     module_of,
 )
+from system.stream_cursor import STREAM_FILE, ResumableTrainStream, StreamCursor, StreamState
 
 
 def _all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -113,14 +114,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loop_config, cfg.model.arch, preprocess, device, rank, world, cfg.train.precision
     )
     step = 0
+    resumed: StreamState | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir, weights_only_loads():  # storage cannot run code here
             engine.load_checkpoint(ckpt_dir)
             meta = json.loads((Path(ckpt_dir) / META_FILE).read_text())
+            stream_file = Path(ckpt_dir) / STREAM_FILE
+            resumed = StreamState.from_json(stream_file.read_text()) if stream_file.is_file() else None
         step = meta["step"]
         if rank == 0:
             print(f"[stage1] resumed after epoch {meta['epoch']} (step {step})", flush=True)
+    # what the stream has delivered (the dataset was built from the same checkpoint's stream state)
+    cursor = StreamCursor(loop_config.get("ledger"), resumed, rank)
+    trace = _row_trace(cfg, rank)
     micro = step * cfg.train.grad_accum  # micro-batches consumed; `step` counts optimizer steps
 
     meter = EpochMeter(resumed_from_step=step)
@@ -131,10 +138,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     engine.train()
     t_wait = time.perf_counter()
     for batch in batches:
-        # A resumed run re-reads the stream from its start: stop at the planned length.
+        # Stop at the planned length (a run without a stream cursor re-reads the stream from its start).
         if step >= total_steps:
             break
         meter.wait(time.perf_counter() - t_wait)
+        if "shard" in batch:
+            cursor.note(batch["shard"], batch["row"])
+            if trace is not None:
+                rows = zip(batch["shard"].tolist(), batch["row"].tolist(), strict=True)
+                trace.write("".join(f"{step + 1} {p} {r}\n" for p, r in rows))
         result = step_fn(batch["image"], batch["text"], batch["label"])
         engine.backward(result.loss)
         engine.step()  # DeepSpeed steps the optimizer only at accumulation boundaries
@@ -148,16 +160,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if step >= total_steps:
             pass  # the last report is made after the loop
         elif schedule.is_report_step(step):
-            _end_epoch(engine, cfg, schedule, meter, probe, schedule.report_of(step), step, world, rank)
+            _end_epoch(
+                engine, cfg, schedule, meter, probe, schedule.report_of(step), step, world, rank, cursor
+            )
         elif cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
             # Between reports: Tune does not see it (EpochReports forwards reports only).
             epoch = step * schedule.reports / schedule.total_steps  # fractional: between two reports
-            _save_and_report(engine, cfg, {"kind": "checkpoint", "epoch": epoch, "step": step}, rank)
+            _save_and_report(engine, cfg, {"kind": "checkpoint", "epoch": epoch, "step": step}, rank, cursor)
         t_wait = time.perf_counter()
     if step > resumed_at and (step == total_steps or not schedule.is_report_step(step)):
         # The last report, at the run's last step (or where a stream that stochastic resampling made a little
         # short ended).
-        _end_epoch(engine, cfg, schedule, meter, probe, schedule.reports, step, world, rank)
+        _end_epoch(engine, cfg, schedule, meter, probe, schedule.reports, step, world, rank, cursor)
+    if trace is not None:
+        trace.close()
+
+
+def _row_trace(cfg: Config, rank: int):
+    """train.trace_rows_dir: this worker's file of trained rows (one per worker process: a restarted worker
+    group writes new files), lines of `step shard_position reader_row`."""
+    if not cfg.train.trace_rows_dir:
+        return None
+    out = Path(cfg.train.trace_rows_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return open(out / f"rank{rank}-{os.getpid()}.txt", "a", buffering=1)  # noqa: SIM115 - closed by the loop
 
 
 class StageOneProbe:
@@ -323,6 +349,7 @@ def _end_epoch(
     step: int,
     world: int,
     rank: int,
+    cursor: StreamCursor,
 ) -> None:
     """Reduce metrics, print progress on rank 0, checkpoint (all ranks save, then all report) or just report."""
     metrics = meter.reduce(world)
@@ -353,14 +380,18 @@ def _end_epoch(
         )
     metrics["kind"] = "epoch"
     if epoch == schedule.reports or epoch % cfg.train.checkpoint_every_epochs == 0:
-        _save_and_report(engine, cfg, metrics, rank)
+        _save_and_report(engine, cfg, metrics, rank, cursor)
     else:
         ray.train.report(metrics)
     meter.reset()
 
 
-def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int) -> None:
-    """ZeRO checkpoint: every rank saves its files, then every rank reports (docs/stack-notes.md); Ray merges them."""
+def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int, cursor: StreamCursor) -> None:
+    """ZeRO checkpoint: every rank saves its files, then every rank reports (docs/stack-notes.md); Ray merges
+    them. Rank 0 adds the stream's state (system/stream_cursor.py), pooled from every rank."""
+    stream = cursor.checkpoint()  # collective: every rank, same step
+    if stream is not None:
+        metrics = {**metrics, "stream_start": stream.start, "stream_consumed_rows": stream.consumed_rows}
     with tempfile.TemporaryDirectory() as tmp:
         engine.save_checkpoint(tmp, tag=f"step{metrics['step']}")
         engine.save_16bit_model(tmp, MODEL_FILE)  # consolidated weights (rank 0 writes)
@@ -373,6 +404,8 @@ def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int) ->
                 "precision": cfg.train.precision,
             }
             (Path(tmp) / META_FILE).write_text(json.dumps(meta))
+            if stream is not None:
+                (Path(tmp) / STREAM_FILE).write_text(stream.to_json())
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
@@ -391,7 +424,7 @@ def tensorboard_dir(storage: str, name: str) -> str:
 
 def build_trainer(
     cfg: Config,
-    train_dataset: ray.data.Dataset,
+    train_dataset: ray.data.Dataset | ResumableTrainStream,
     prototypes: np.ndarray,
     schedule: Schedule,
     name: str,
@@ -399,6 +432,7 @@ def build_trainer(
     callbacks: list | None = None,
     probe: dict[str, np.ndarray] | None = None,
     class_names: list[str] | None = None,
+    ledger=None,
 ) -> TorchTrainer:
     """A TorchTrainer for stage 1. Running it again with the same name and storage resumes (Train V2)."""
     # Workers inherit the driver's environment only on a local Ray (docs/stack-notes.md): pass what they need.
@@ -415,6 +449,7 @@ def build_trainer(
             "schedule": schedule,
             "probe_ref": ray.put(probe) if probe is not None else None,
             "class_names": list(class_names or []),
+            "ledger": ledger,  # the stream cursor's source of each shard's final row count
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -444,7 +479,18 @@ def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list |
     manifest: Manifest = shared["manifest"]
     # resampling keeps the epoch size in expectation
     schedule = stage1_schedule(cfg.train, int(sum(manifest.train_counts)))
-    ds = train_dataset(cfg, schedule, manifest, shared["paths"]["train"], shared["pools"], ledger=ledger)
+    if ledger is None:
+        from system.ray_reader import new_ledger
+
+        ledger = new_ledger()  # the stream cursor needs each shard's row count
+    paths, pools = shared["paths"]["train"], shared["pools"]
+
+    def stream(resume: StreamState | None):
+        return train_dataset(cfg, schedule, manifest, paths, pools, ledger=ledger, resume=resume)
+
+    storage = shared["storage_path"]
+    storage = os.path.abspath(storage) if "://" not in storage else storage
+    ds = ResumableTrainStream(stream, storage, name)
     probe = None
     if cfg.eval.stage1_val_samples:
         split = cfg.eval.select_split
@@ -459,5 +505,6 @@ def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list |
         callbacks=callbacks,
         probe=probe,
         class_names=manifest.class_names,
+        ledger=ledger,
     )
     return trainer.fit()

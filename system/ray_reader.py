@@ -8,16 +8,18 @@ that know their position in the list (`__shard__`).
 
 Counts travel to the driver through a ledger actor, not through the data. The training stream is consumed by
 the Train workers, never by the driver, and rows are samples: counts in columns would need tombstone rows
-through the text actors and the workers' fixed-size batches. The ledger's records are keyed by the unit of
-work that Ray would retry (a shard's read, by its position in the list; a decode batch, by its first row's
-shard position and key), and a record overwrites its key, so a retried task replaces its counts instead of
-adding them again. Each record is sent with a blocking call before the task moves on: when the dataset has
-been iterated to its end, every finished task's counts are in the ledger. Reads cut short (a training stream
-stopped at its planned length) record nothing, so the ledger describes what was read to the end.
+through the text actors and the workers' fixed-size batches. The ledger keeps counters per shard position,
+not per batch (system/data/ledger.py: a retried task's replayed batches are recognised by their reader-row
+range and not added twice). Decode batches send their counts without waiting (a read never blocks on the
+ledger); a read task sends its shard's record once, at the shard's end, and waits for it, so a finished read
+is in the ledger. `ledger_summary` waits (briefly) until every finished read's decode counts have arrived.
+Reads cut short (a training stream stopped at its planned length) record nothing, so the ledger describes
+what was read to the end.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -30,6 +32,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from system.data.ledger import LedgerState
 from system.data.stores import filesystem_for, fs_path
 from system.data.tar_stream import (
     MAX_MEMBER_BYTES,
@@ -41,54 +44,42 @@ from system.data.tar_stream import (
 )
 
 
-@ray.remote(
-    num_cpus=0
-)  # bookkeeping only: never takes a CPU from the data pipeline (the 2-core hang of docs/stack-notes.md)
+@ray.remote(num_cpus=0)  # bookkeeping only: never takes a CPU from the data pipeline (the 2-core hang)
 class DataLedger:
-    """Skip counts of one pipeline run, by unit of work (see the module docstring)."""
+    """Skip and row counts of one pipeline run, by shard position (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.shards: dict[int, dict[str, Any]] = {}
-        self.batches: dict[tuple, dict[str, Any]] = {}
+        self.state = LedgerState()
 
     def shard(self, index: int, record: dict[str, Any]) -> None:
-        self.shards[index] = record
+        self.state.shard(index, record)
 
-    def batch(self, unit: tuple, record: dict[str, Any]) -> None:
-        self.batches[unit] = record
+    def batch(self, index: int, start: int, stop: int, rows_out: int, skipped: dict[str, int]) -> None:
+        self.state.batch(index, start, stop, rows_out, skipped)
+
+    def unsettled(self) -> int:
+        return self.state.unsettled()
+
+    def rows_out(self, positions: list[int]) -> dict[int, int | None]:
+        return self.state.rows_out(positions)
 
     def summary(self) -> dict[str, Any]:
-        return summarize(list(self.shards.values()), list(self.batches.values()))
-
-
-def summarize(shards: list[dict[str, Any]], batches: list[dict[str, Any]]) -> dict[str, Any]:
-    """good (samples decoded, before resampling repeats), skipped by reason, failed shards (unique by path)."""
-    skipped: Counter[str] = Counter()
-    for r in shards:
-        skipped.update(r["skipped"])
-    for b in batches:
-        skipped.update(b["skipped"])
-    rows = sum(r["rows"] for r in shards)
-    failed = {(r["url"], r["fault"]): r["detail"] for r in shards if r["fault"]}
-    return {
-        # Without a decode stage (a bare read) every row passed on counts as good.
-        "good": sum(b["rows"] - sum(b["skipped"].values()) for b in batches) if batches else rows,
-        "skipped": dict(sorted(skipped.items())),
-        "failed_shards": [
-            {"path": url, "reason": reason, "detail": detail}
-            for (url, reason), detail in sorted(failed.items())
-        ],
-        "shards": len(shards),
-        "rows_read": rows,
-    }
+        return self.state.summary()
 
 
 def new_ledger() -> ray.actor.ActorHandle:
     return DataLedger.remote()
 
 
-def ledger_summary(ledger: ray.actor.ActorHandle | None) -> dict[str, Any] | None:
-    return None if ledger is None else ray.get(ledger.summary.remote())
+def ledger_summary(ledger: ray.actor.ActorHandle | None, settle_s: float = 5.0) -> dict[str, Any] | None:
+    """The ledger's totals, once the decode counts of every finished read have arrived (they are sent without
+    waiting; at most `settle_s` seconds are spent waiting for stragglers, then the totals are read as they are)."""
+    if ledger is None:
+        return None
+    deadline = time.monotonic() + settle_s
+    while ray.get(ledger.unsettled.remote()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ray.get(ledger.summary.remote())
 
 
 class _ReadShard:
@@ -137,9 +128,11 @@ class ShardSource(Datasource):
         strict: bool = False,
         rows_per_block: int = ROWS_PER_BLOCK,
         max_member_bytes: int = MAX_MEMBER_BYTES,
+        first_index: int = 0,
     ):
         super().__init__()
         self.urls = list(urls)
+        self.first_index = first_index  # position of urls[0] in the whole read list (a resumed stream's tail)
         self.filesystem = filesystem if filesystem is not None else filesystem_for(self.urls[0])[0]
         self.ledger, self.strict, self.rows_per_block = ledger, strict, rows_per_block
         self.max_member_bytes = max_member_bytes
@@ -157,7 +150,7 @@ class ShardSource(Datasource):
         return [
             ReadTask(
                 _ReadShard(
-                    i,
+                    self.first_index + i,
                     url,
                     self.filesystem,
                     self.ledger,
@@ -180,8 +173,11 @@ def read_shards(
     num_cpus: float | None = None,
     rows_per_block: int | None = None,
     max_member_bytes: int | None = None,
+    first_index: int = 0,
 ) -> ray.data.Dataset:
-    """Raw rows (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json`) of tar shards, one task per shard.
+    """Raw rows (`__key__`, `__url__`, `__shard__`, `__row__`, `jpg`, `txt`, `json`) of tar shards, one task
+    per shard. `first_index`: the position `__shard__` counts from (the tail of a longer list keeps the
+    positions, and so the seeded draws, it has in the whole list).
     `num_cpus`: logical CPUs per read task (Ray's default 1); give the decode stage's, so read and decode
     fuse into one task (Ray Data fuses only tasks with the same resources). `rows_per_block`: rows per block
     the reader yields (a fused map with no batch size sees each block as one batch). `max_member_bytes`:
@@ -194,6 +190,7 @@ def read_shards(
         strict,
         rows_per_block or ROWS_PER_BLOCK,
         max_member_bytes or MAX_MEMBER_BYTES,
+        first_index,
     )
     return ray.data.read_datasource(
         source,
@@ -202,31 +199,57 @@ def read_shards(
     )
 
 
-def decode_and_record(batch: dict[str, np.ndarray], ledger=None, **decode_kwargs) -> dict[str, np.ndarray]:
-    """`decode_batch` that records its skip counts in the ledger, keyed by the batch's first row (a retried
-    task decodes the same batch again and overwrites the same record)."""
+def decode_and_record(
+    batch: dict[str, np.ndarray], ledger=None, skip=None, **decode_kwargs
+) -> dict[str, np.ndarray]:
+    """`decode_batch` that sends its counts to the ledger without waiting: one record per shard position in
+    the batch, with the reader-row range it covers (a retried task's replay covers the same range and is not
+    counted twice). `skip` ({position: {row: times}}, a resumed stream's rows already trained on) drops
+    those decoded rows after they are counted: the ledger's row counts stay those of the whole shard."""
     from system.data.decode import decode_batch
 
-    counts: Counter[str] = Counter()
-    out = decode_batch(batch, counts=counts, **decode_kwargs)
-    keys = batch.get("__key__")
-    if ledger is not None and keys is not None and len(keys):
-        shard = batch.get("__shard__")
-        first = int(shard[0]) if shard is not None else str(batch.get("__url__", [""])[0])
-        ray.get(ledger.batch.remote((first, str(keys[0])), {"rows": len(keys), "skipped": dict(counts)}))
-    return out
+    if ledger is None:
+        out = decode_batch(batch, **decode_kwargs)
+        return drop_rows(out, skip) if skip else out
+    outs = []
+    for part in shard_runs(batch):
+        counts: Counter[str] = Counter()
+        out = decode_batch(part, counts=counts, **decode_kwargs)
+        rows = part.get("__row__")
+        if rows is not None and len(rows):
+            ledger.batch.remote(
+                int(part["__shard__"][0]),
+                int(rows.min()),
+                int(rows.max()) + 1,
+                len(out["label"]),
+                dict(counts),
+            )
+        outs.append(out)
+    out = outs[0] if len(outs) == 1 else {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+    return drop_rows(out, skip) if skip else out
 
 
-def data_line(summary: dict[str, Any] | None) -> str:
-    """One line for logs and reports: good samples, skipped by reason, failed shards."""
-    if not summary:
-        return "no counts"
-    skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()) or "none"
-    failed = summary["failed_shards"]
-    shards = "; ".join(f"{f['path']} ({f['reason']})" for f in failed[:5]) + (
-        " ..." if len(failed) > 5 else ""
-    )
-    return (
-        f"{summary['good']} good samples from {summary['shards']} shard reads; skipped: {skipped}; "
-        f"failed shards: {len(failed)}{' (' + shards + ')' if failed else ''}"
-    )
+def drop_rows(out: dict[str, np.ndarray], skip: dict[int, dict[int, int]]) -> dict[str, np.ndarray]:
+    """Decoded rows less those in `skip` ({position: {row: times}}): the first `times` copies of a row (its
+    resampling repeats) are dropped."""
+    if not len(out["shard"]) or not any(int(p) in skip for p in np.unique(out["shard"])):
+        return out
+    left = {p: dict(rows) for p, rows in skip.items()}
+    keep = np.ones(len(out["shard"]), dtype=bool)
+    for i, (p, r) in enumerate(zip(out["shard"].tolist(), out["row"].tolist(), strict=True)):
+        rows = left.get(p)
+        if rows and rows.get(r, 0) > 0:
+            rows[r] -= 1
+            keep[i] = False
+    return {k: v[keep] for k, v in out.items()}
+
+
+def shard_runs(batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The batch cut where its `__shard__` changes (a read fused with its decode sees one shard per batch)."""
+    shard = batch.get("__shard__")
+    if shard is None or len(shard) == 0:
+        return [batch]
+    cuts = [0, *(np.flatnonzero(shard[1:] != shard[:-1]) + 1).tolist(), len(shard)]
+    if len(cuts) == 2:
+        return [batch]
+    return [{k: v[a:b] for k, v in batch.items()} for a, b in zip(cuts[:-1], cuts[1:], strict=True)]

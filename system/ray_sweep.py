@@ -223,22 +223,51 @@ def tune_param_space(space: Space) -> dict[str, Any]:
 
 def trial_resources(cfg: Config) -> dict[str, float]:
     """What one trial holds while it runs: its Train workers plus the CPUs its data pipeline keeps busy."""
-    data_cpus = 1.0 + 0.5 * cfg.data.filter_actors  # read/decode tasks + text-filter actors (num_cpus=0.5)
+    # read/decode tasks (about one CPU busy) + the text-filter actors at their reserved CPUs
+    data_cpus = 1.0 + cfg.data.filter_actor_cpus * cfg.data.filter_actors
     need = {"CPU": cfg.train.num_workers * cfg.train.cpus_per_worker + data_cpus}
     if cfg.train.use_gpu:
         need["GPU"] = float(cfg.train.num_workers)
     return need
 
 
-def max_concurrent_trials(cfg: Config, cluster: dict[str, float]) -> int:
-    """sweep.max_concurrent, or as many trials as the cluster's resources hold at once (at least 1).
+MAX_AUTO_CONCURRENCY = 256  # an autoscaler without limits: more trials at once than any sweep here runs
+
+
+def max_concurrent_trials(
+    cfg: Config, cluster: dict[str, float], autoscaler_max: dict[str, float] | None = None
+) -> int:
+    """sweep.max_concurrent, or as many trials as the cluster's resources hold at once (at least 1): the
+    resources it has now, or those its autoscaler may grow it to (`autoscaler_max`, from the cluster config
+    it publishes), whichever hold more. A cluster that starts with no GPU node still runs its GPU trials side
+    by side once the autoscaler has added the nodes they ask for.
 
     Trials started beyond that would each get Train workers but starve their Ray Data pipelines (the 2-core
     hang of docs/stack-notes.md, at cluster scale)."""
     if cfg.sweep.max_concurrent is not None:
         return cfg.sweep.max_concurrent
-    fits = [math.floor(cluster.get(k, 0.0) / v) for k, v in trial_resources(cfg).items() if v > 0]
-    return max(1, min(fits))
+
+    def fits(resources: dict[str, float]) -> int:
+        n = [math.floor(resources.get(k, 0.0) / v) for k, v in trial_resources(cfg).items() if v > 0]
+        return min(n)
+
+    best = fits(cluster)
+    if autoscaler_max:
+        best = max(best, fits(autoscaler_max))
+    return max(1, min(best, MAX_AUTO_CONCURRENCY))
+
+
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """The most resources the cluster's autoscaler may add up to (its node types' max counts times their
+    resources, capped by its max_resources), or None without an autoscaler. Ray Train reads the same record
+    to refuse a worker group that can never fit; it is Ray-internal, so any failure reads as 'no autoscaler'."""
+    try:
+        from ray._private.state import state
+
+        out = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - an internal API: absent or changed means no limits are known
+        return None
+    return {k: float(v) for k, v in out.items()} if out else None
 
 
 def sweep_fingerprint(cfg: Config, space: Space) -> str:
@@ -246,6 +275,7 @@ def sweep_fingerprint(cfg: Config, space: Space) -> str:
     d = cfg.to_dict()
     d.pop("ray")
     d["sweep"].pop("max_concurrent")
+    d["sweep"].pop("max_failures")  # how a sweep runs, not what its trials compute
     blob = json.dumps({"config": d, "space": space}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -283,9 +313,10 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
     tuned, eval_only = split_space(space)
     shared = dict(shared, lambda_spec=eval_only.get("finetune.blend_weight"))
     trainable = tune.with_parameters(trial, base=cfg.to_dict(), shared=shared)
-    # The trial function only coordinates: its Train workers and Data tasks hold the CPUs.
+    # The trial function coordinates its Train run and then fits stage 2 on the features: a sliver of a CPU
+    # reserved (Tune refuses an all-zero request), so it lands on a worker node, never on a 0-CPU head.
     trainable = tune.with_resources(trainable, {"cpu": 0.01})
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources())
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), autoscaler_max_resources())
     # Tune's iterations: one per stage-1 report (the base config's schedule: under train.epochs a space that
     # varies the batch changes a trial's count), +1 for the stage-2 report
     reports = stage1_schedule(cfg.train, int(sum(shared["manifest"].train_counts))).reports
@@ -319,7 +350,13 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
                 trial_dirname_creator=_trial_dirname,
                 trial_name_creator=_trial_dirname,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                verbose=1,
+                # a restarted trial runs trial() again: its Train run (named by the trial id) resumes
+                failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+            ),
         )
     fp_file.write_text(json.dumps({"fingerprint": fingerprint, "experiment": exp_path}))
     t0 = time.perf_counter()
@@ -332,6 +369,7 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
             "restored": restored,
             "wall_s": wall,
             "max_concurrent": concurrency,
+            "max_failures": cfg.sweep.max_failures,
             "trial_resources": trial_resources(cfg),
             "search": cfg.sweep.search,
             "scheduler": cfg.sweep.scheduler,

@@ -363,16 +363,22 @@ def test_check_shards_member_cap_defaults_to_the_runs():
 
 
 def test_ledger_summary_and_report_line():
-    from system.ray_reader import data_line, summarize
+    from system.data.ledger import LedgerState, data_line
 
-    shards = [
-        {"url": "/d/0.tar", "rows": 10, "skipped": {"duplicate_member": 1}, "fault": None, "detail": ""},
-        {"url": "/d/1.tar", "rows": 3, "skipped": {}, "fault": "truncated", "detail": "cut"},
-        {"url": "/d/1.tar", "rows": 3, "skipped": {}, "fault": "truncated", "detail": "cut"},  # 2nd epoch
-    ]
-    batches = [{"rows": 8, "skipped": {"corrupt_image": 2}}, {"rows": 8, "skipped": {}}]
-    s = summarize(shards, batches)
-    assert s["good"] == 14 and s["rows_read"] == 16 and s["shards"] == 3
+    led = LedgerState()
+    led.shard(
+        0, {"url": "/d/0.tar", "rows": 16, "skipped": {"duplicate_member": 1}, "fault": None, "detail": ""}
+    )
+    led.shard(1, {"url": "/d/1.tar", "rows": 3, "skipped": {}, "fault": "truncated", "detail": "cut"})
+    led.shard(
+        2, {"url": "/d/1.tar", "rows": 3, "skipped": {}, "fault": "truncated", "detail": "cut"}
+    )  # epoch 2
+    assert led.batch(0, 0, 8, 6, {"corrupt_image": 2})
+    assert led.unsettled() == 1  # position 0's rows 8..15 are still in flight (1, 2: no decode stage)
+    assert led.batch(0, 8, 16, 8, {})
+    assert led.unsettled() == 0
+    s = led.summary()
+    assert s["good"] == 14 and s["rows_read"] == 22 and s["shards"] == 3
     assert s["skipped"] == {"corrupt_image": 2, "duplicate_member": 1}
     assert s["failed_shards"] == [
         {"path": "/d/1.tar", "reason": "truncated", "detail": "cut"}
@@ -381,3 +387,26 @@ def test_ledger_summary_and_report_line():
         "14 good samples from 3 shard reads; skipped: corrupt_image 2, duplicate_member 1; "
         "failed shards: 1 (/d/1.tar (truncated))"
     )
+
+
+def test_ledger_counts_a_retried_tasks_replay_once_and_stays_one_range_per_shard():
+    from system.data.ledger import LedgerState
+
+    led = LedgerState()
+    # 1,000 batches of 8 rows over one shard, arriving out of order in pairs, plus a full replay of the first
+    # 500 (a retried task decodes them again): counted once, and the ranges merge back into one.
+    order = [i + 1 if i % 2 == 0 else i - 1 for i in range(1000)]
+    for i in order + list(range(500)):
+        led.batch(0, 8 * i, 8 * i + 8, 16, {"corrupt_image": 1})
+    d = led.decodes[0]
+    assert d.ranges == [[0, 8000]] and d.rows_in == 8000 and d.rows_out == 16000
+    assert d.skipped == {"corrupt_image": 1000}
+    assert not led.batch(0, 4, 12, 8, {})  # a range that overlaps a counted one is a replay, never half-added
+    # Final row counts only once the read is recorded and covered.
+    assert led.rows_out([0, 1]) == {0: None, 1: None}
+    led.shard(0, {"url": "a", "rows": 8000, "skipped": {}, "fault": None, "detail": ""})
+    led.shard(1, {"url": "b", "rows": 0, "skipped": {}, "fault": "missing", "detail": "gone"})
+    assert led.rows_out([0, 1]) == {0: 16000, 1: 0}
+    led.shard(2, {"url": "c", "rows": 10, "skipped": {}, "fault": None, "detail": ""})
+    led.batch(2, 0, 5, 5, {})
+    assert led.rows_out([2]) == {2: None} and led.unsettled() == 1

@@ -1,7 +1,9 @@
 """Stage 1 survives a lost worker: a real Train worker process is killed mid-run; with train.max_failures=1
 the run restarts from its last registered (mid-epoch) checkpoint and finishes the planned steps, losing at most one
-checkpoint interval. The same run exercises distillation to a frozen teacher loaded from a file the test
-writes, and checks the TensorBoard events and driver-side progress it leaves behind."""
+checkpoint interval, and its data stream continues where the checkpoint left it: every row trace of the two
+worker groups together trains each sample once per epoch, as the uninterrupted stream does. The same run
+exercises distillation to a frozen teacher loaded from a file the test writes, and checks the TensorBoard
+events and driver-side progress it leaves behind."""
 
 import json
 import os
@@ -21,6 +23,7 @@ EVERY = 3  # checkpoint every 3 optimizer steps
 
 def _args(root, tmp_path, teacher):
     sets = {
+        "train.trace_rows_dir": tmp_path / "rows",
         "data.root": root,
         "run.output_dir": tmp_path,
         "run.name": "faults",
@@ -35,6 +38,9 @@ def _args(root, tmp_path, teacher):
         "loss.distill_weight": 0.5,
         "ray.no_progress_timeout_s": 120,
         "data.resample": "none",  # exact row counts: 7 steps per epoch, 21 in all
+        # no shuffle buffer: the uninterrupted stream is then consumed epoch by epoch (a 512-row buffer holds
+        # more than this dataset's epochs and mixes them), which the row check below compares against
+        "data.shuffle_buffer": 0,
         "eval.stage1_val_samples": 0,
     }
     out = ["--config", "pipelines/configs/demo.yaml"]
@@ -147,6 +153,42 @@ def test_lost_worker_resumes_from_last_checkpoint(tiny_dataset, tmp_path, capfd,
     assert m["distill_loss"] > 0 and m["contrastive_loss"] > 0
     # mid-epoch checkpoints at every 3 steps, epoch ends at 7, 14, 21
     assert {3, 6, 7, 14, 21} <= set(_checkpoint_steps(run_dir))
+    _assert_the_stream_continued(tiny_dataset, tmp_path / "rows", m["resumed_from_step"])
     tags = _scalars(run_dir / "tensorboard")
     assert {"stage1/loss", "stage1/distill_loss", "stage1/samples_per_s", "stage1/data_wait_fraction"} <= tags
     assert {"stage1/lr", "stage1/logit_scale"} <= tags
+
+
+def _assert_the_stream_continued(root, trace_dir, resumed_at: int) -> None:
+    """Rows trained on (each worker process's trace: `step position row`) against the uninterrupted stream."""
+    import tarfile
+
+    from system.config import load_config
+    from system.data.dataset_dir import load_manifest
+    from system.ray_data import epoch_shard_order
+
+    runs = []
+    for f in trace_dir.glob("rank*-*.txt"):
+        rows = [tuple(map(int, line.split())) for line in f.read_text().splitlines()]
+        runs.append(rows)
+    first, second = [r for r in runs if r[0][0] == 1], [r for r in runs if r[0][0] == resumed_at + 1]
+    assert len(first) == 2 and len(second) == 2, [r[0] for r in runs]  # two worker groups of two ranks
+    kept = [(p, r) for rows in first for s, p, r in rows if s <= resumed_at] + [
+        (p, r) for rows in second for _, p, r in rows
+    ]
+    redone = {(p, r) for rows in first for s, p, r in rows if s > resumed_at}  # lost with the killed worker
+    assert len(kept) == 21 * 32  # the planned steps' rows
+    assert len(set(kept)) == len(kept)  # no row trained twice: the resumed stream dropped what was done
+    assert redone <= set(kept)  # the lost steps' rows were trained again after the restart
+    # The uninterrupted stream: each epoch's shards in their seeded order, every sample of a shard once.
+    paths = load_manifest(root).shard_paths(root, "train")
+    order = epoch_shard_order(paths, 3, load_config("pipelines/configs/demo.yaml", []).run.seed)
+    sizes = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            sizes[path] = len({m.name.split(".")[0] for m in tar.getmembers()})
+    stream = [(p, r) for p, path in enumerate(order) for r in range(sizes[path])]
+    assert set(kept) <= set(stream)
+    per_epoch = [sum(1 for p, _ in kept if p // len(paths) == e) for e in range(3)]
+    # as the uninterrupted stream: the first two epochs whole (226 samples each), the rest from the third
+    assert per_epoch == [226, 226, 21 * 32 - 2 * 226]

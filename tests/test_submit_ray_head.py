@@ -1,18 +1,20 @@
-"""Job submission against a real Ray head: `ray start --head` on this machine (its own temp dir, HOME and ports,
-token authentication switched on the way Ray's docs say for `ray start`: a token generated first with
-`ray get-auth-token --generate`), then
+"""Job submission against a real two-node Ray cluster on this machine: `ray start --head` with 0 CPUs, as the
+launcher configs start heads (its own temp dir, HOME and ports, token authentication switched on the way Ray's
+docs say for `ray start`: a token generated first with `ray get-auth-token --generate`), and a worker node
+joined with `ray start --address` that holds every CPU, then
 
 - the job API refuses a client without the token, and the dashboard answers on loopback only;
 - plain `ray job submit --working-dir .` runs our code from the uploaded working dir (a bad config fails inside
   the job before Ray starts, naming the key), and `uniproto submit stop` stops a running job;
-- `uniproto submit run --follow` runs the whole pipeline on the tiny dataset as a job and ends SUCCEEDED, with the
+- `uniproto submit run --follow` runs the whole pipeline on the tiny dataset as a job (stage 1 and stage 2 of a
+  2-trial sweep, all of it on the worker node: the head has no CPU) and ends SUCCEEDED, with the
   report under run.output_dir and Train checkpoints under ray.storage_path; its id, config hash and git commit are
   those computed here; no secret from the environment and not the cluster token appear in anything it printed or
   the job carries; the uploaded package holds the code and none of runs/, .venv/, .git/ or shard files;
 - the same config again is refused while its job exists (a second training run needs --resubmit).
 
-The head is stopped by signalling the `ray start --block` process this test started (Ray drains and stops its own
-children), then anything left in that process session; never `ray stop`, which ends every Ray on the machine.
+Each node is stopped by signalling the `ray start --block` process this test started (Ray drains and stops its
+own children), then anything left in that process session; never `ray stop`, which ends every Ray on the machine.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def ray_head():
     base = Path(tempfile.mkdtemp(prefix="up-", dir="/tmp"))  # unix socket paths must stay short
     home = base / "home"
     home.mkdir()
-    gcs, dash, client, agent = _free_ports(4)
+    gcs, dash, client, agent, worker_agent = _free_ports(5)
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER"))
     }
@@ -131,13 +133,14 @@ def ray_head():
         "--dashboard-host=127.0.0.1",
         f"--ray-client-server-port={client}",
         f"--dashboard-agent-listen-port={agent}",
-        "--num-cpus=4",
+        "--num-cpus=0",  # as the launcher configs: nothing but the cluster's own services on the head
         f"--temp-dir={base / 't'}",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
+    worker, worker_log = None, open(base / "worker.log", "w")  # noqa: SIM115 - closed in finally
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -149,11 +152,40 @@ def ray_head():
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start --head did not come up:\n{(base / 'head.log').read_text()[-3000:]}")
             time.sleep(1)
+        # The worker node: every CPU of the cluster, on its own ports.
+        worker = subprocess.Popen(
+            [
+                str(BIN / "ray"), "start", "--block", f"--address=127.0.0.1:{gcs}", "--num-cpus=4",
+                f"--dashboard-agent-listen-port={worker_agent}", "--disable-usage-stats",
+                # its own temp dir, as a separate machine has: sharing the head's, its runtime-env agent would
+                # delete the job's unpacked working dir (the driver's cwd) when its trials release it
+                f"--temp-dir={base / 'w'}",
+            ],
+            env=dict(env, RAY_AUTH_MODE="token"), stdout=worker_log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        while _cluster_cpus(gcs, env) < 4:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the worker node did not join:\n{(base / 'worker.log').read_text()[-3000:]}")
+            time.sleep(1)
         yield Head(address, env, base, token, base / "t", dash)
     finally:
+        if worker is not None:
+            _stop_session(worker)
+        worker_log.close()
         _stop_session(proc)
         log.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _cluster_cpus(gcs: int, env: dict[str, str]) -> float:
+    """Total CPUs the cluster's nodes registered (0 until the worker node has joined)."""
+    r = subprocess.run(
+        [sys.executable, "-c", f"import ray; ray.init('127.0.0.1:{gcs}'); print(ray.cluster_resources())"],
+        env=dict(env, RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    m = re.search(r"'CPU': ([0-9.]+)", r.stdout)
+    return float(m.group(1)) if m else 0.0
 
 
 def _uniproto(head: Head, *args: str, env: dict[str, str] | None = None, timeout: int = 60):
@@ -198,7 +230,7 @@ def _job_sets(tiny_dataset, out: Path) -> list[str]:
         "finetune.epochs": 3,
         "finetune.lambda_points": 11,
         "eval.stage1_val_samples": 0,
-        "sweep.space": "null",
+        "sweep.space": "tune_spaces/demo.yaml",  # two trials
         "ray.no_progress_timeout_s": 120,
     }
     return [f"{k}={v}" for k, v in sets.items()]
@@ -256,6 +288,7 @@ def test_submit_to_a_real_ray_head(ray_head, tiny_dataset, tmp_path):
     r = _uniproto(head, *argv, env=env, timeout=480)
     elapsed = time.monotonic() - t0
     printed = r.stdout + r.stderr
+    (tmp_path / "job.log").write_text(printed)  # the whole log, for a failure's cause
     assert r.returncode == 0, printed[-6000:]
     sid = re.search(r'"submission_id": "([^"]+)"', r.stdout).group(1)
     assert f"job {sid}: SUCCEEDED" in r.stdout, r.stdout[-3000:]
@@ -289,6 +322,7 @@ def test_submit_to_a_real_ray_head(ray_head, tiny_dataset, tmp_path):
     report = json.loads((out / "runs" / "job" / "report.json").read_text())
     assert 0.0 <= report["overall"] <= 100.0 and report["config"]["train"]["epochs"] == 1
     assert report["config"]["data"]["root"] == str(tiny_dataset)
+    assert len(report["trials"]) == 2 and all(t["status"] == "completed" for t in report["trials"])
     storage = out / "storage"
     assert (storage / "job-sweep").is_dir()
     assert list(storage.rglob("model.pt")), sorted(str(p) for p in storage.rglob("*"))[:50]

@@ -19,8 +19,15 @@ def _cfg(**over):
 
 
 def test_trial_resources_and_concurrency():
-    cfg = _cfg(**{"train.num_workers": 2, "train.cpus_per_worker": 1.0, "data.filter_actors": 1})
-    assert trial_resources(cfg) == {"CPU": 3.5}  # 2 workers + 1 decode + 0.5 filter actor
+    cfg = _cfg(
+        **{
+            "train.num_workers": 2,
+            "train.cpus_per_worker": 1.0,
+            "data.filter_actors": 2,
+            "data.filter_actor_cpus": 0.25,
+        }
+    )
+    assert trial_resources(cfg) == {"CPU": 3.5}  # 2 workers + 1 decode + 2 filter actors at 0.25
     assert max_concurrent_trials(cfg, {"CPU": 4.0}) == 1
     assert max_concurrent_trials(cfg, {"CPU": 7.0}) == 2
     assert max_concurrent_trials(cfg, {"CPU": 2.0}) == 1  # never 0: one trial always runs
@@ -31,12 +38,29 @@ def test_trial_resources_and_concurrency():
     assert max_concurrent_trials(fixed, {"CPU": 1.0}) == 3
 
 
+def test_concurrency_counts_what_the_autoscaler_may_add():
+    gpu = _cfg(**{"train.use_gpu": True, "train.num_workers": 4})  # 4 GPUs and 5.25 CPUs a trial
+    # An autoscaling cluster that starts as a CPU-only head and may add 2 nodes of 8 GPUs and 32 CPUs:
+    # 16 GPUs / 4 = 4 trials, 64 CPUs / 5.25 = 12: the GPUs bind.
+    head_only = {"CPU": 8.0}
+    assert max_concurrent_trials(gpu, head_only) == 1
+    assert max_concurrent_trials(gpu, head_only, {"CPU": 64.0, "GPU": 16.0}) == 4
+    # The limits never lower what is already up, and an autoscaler without limits stays bounded.
+    assert max_concurrent_trials(gpu, {"CPU": 64.0, "GPU": 16.0}, {"CPU": 8.0}) == 4
+    assert max_concurrent_trials(gpu, head_only, {"CPU": 2.0**62, "GPU": 2.0**62}) == 256
+    # sweep.max_concurrent still wins
+    fixed = _cfg(**{"train.use_gpu": True, "sweep.max_concurrent": 2})
+    assert max_concurrent_trials(fixed, head_only, {"CPU": 64.0, "GPU": 16.0}) == 2
+
+
 def test_fingerprint_changes_with_what_trials_depend_on():
     space = {"loss.proto_temperature": ("grid", [0.05, 0.2])}
     base = sweep_fingerprint(_cfg(), space)
     assert base == sweep_fingerprint(_cfg(), dict(space))
     # where Ray runs and how many trials run at once do not change results ...
-    assert base == sweep_fingerprint(_cfg(**{"ray.num_cpus": 8, "sweep.max_concurrent": 2}), space)
+    assert base == sweep_fingerprint(
+        _cfg(**{"ray.num_cpus": 8, "sweep.max_concurrent": 2, "sweep.max_failures": 3}), space
+    )
     # ... the config and the space do
     assert base != sweep_fingerprint(_cfg(**{"train.epochs": 3}), space)
     assert base != sweep_fingerprint(_cfg(), {"loss.proto_temperature": ("grid", [0.05, 0.1])})

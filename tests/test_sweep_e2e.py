@@ -1,5 +1,6 @@
-"""Sweeps on a real local Ray: ASHA stops weak trials (on a stand-in trainable, in seconds), and a real sweep whose
-driver is killed mid-run resumes with the same command, keeping finished trials and stage-1 progress."""
+"""Sweeps on a real local Ray: ASHA stops weak trials (on a stand-in trainable, in seconds), and a real sweep that
+loses a trial's process (Tune restarts the trial, whose stage 1 resumes) and then its driver (the same command
+resumes the sweep, keeping finished trials and stage-1 progress)."""
 
 import json
 import os
@@ -93,6 +94,31 @@ def _sweep_cmd(root, out):
     return cmd
 
 
+def _registered(run_dir: Path) -> bool:
+    """Whether Ray Train's controller has registered a checkpoint of this run (its snapshot names one)."""
+    try:
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(snap.get("latest_checkpoint_result"))
+
+
+def _kill_trial_process(session: int) -> int | None:
+    """SIGKILL the Tune trial actor (a function trainable: process title `ray::ImplicitFunc...`) of the sweep
+    started in `session`."""
+    import psutil
+
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if cmd and cmd[0].startswith("ray::ImplicitFunc") and os.getsid(p.pid) == session:
+                os.kill(p.pid, signal.SIGKILL)
+                return p.pid
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return None
+
+
 def _stage1_runs(storage: Path) -> list[tuple[str, list[str]]]:
     """Stage-1 Train runs under the sweep's storage, oldest first, each with its checkpoint directories."""
     runs = [d for d in storage.glob("resume-stage1-*") if d.is_dir()]
@@ -117,10 +143,19 @@ def test_killed_sweep_resumes(tiny_dataset, tmp_path):
         env=env,
         start_new_session=True,  # its own process group: the kill takes its local Ray with it
     )
+    killed_trial = None
     try:
-        # Trials run one at a time: once the second trial's Train run has written checkpoints, the first
-        # trial has finished. Kill the driver then.
+        # Trials run one at a time. First a trial's own process dies once its Train run has a checkpoint (a
+        # lost node): Tune restarts the trial (sweep.max_failures, default 1) and its stage 1 resumes.
         deadline = time.time() + 900
+        while killed_trial is None and time.time() < deadline and proc.poll() is None:
+            runs = _stage1_runs(storage)
+            if len(runs) == 1 and _registered(storage / runs[0][0]):
+                killed_trial = _kill_trial_process(proc.pid)
+            time.sleep(0.2)
+        assert killed_trial is not None, (tmp_path / "first.log").read_text()[-3000:]
+        # Once the second trial's Train run has written checkpoints, the first trial has finished. Kill the
+        # driver then.
         while time.time() < deadline and proc.poll() is None:
             runs = _stage1_runs(storage)
             # two on disk: the first is registered (a checkpoint is on disk before Ray registers it)
@@ -133,7 +168,10 @@ def test_killed_sweep_resumes(tiny_dataset, tmp_path):
         before = _stage1_runs(storage)
         assert len(before) == 2, (tmp_path / "first.log").read_text()[-3000:]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended on its own (the assertion above says how)
+            pass
         proc.wait()
         log.close()
     (first_run, first_ckpts), (second_run, _) = before
@@ -147,9 +185,10 @@ def test_killed_sweep_resumes(tiny_dataset, tmp_path):
     trials = {t["trial_id"]: t for t in report["trials"]}
     assert set(trials) == {first_done, second}  # no new trials: the interrupted ones went on
     assert all(t["status"] == "completed" for t in trials.values())
-    # The finished trial was not run again; the interrupted one resumed stage 1 from its last checkpoint
-    # (steps of at least one epoch kept), rather than from step 0.
-    assert trials[first_done]["final_resumed_from_step"] == 0
+    # The first trial, restarted by Tune after its process died, resumed its stage 1 from its checkpoint (a
+    # step > 0); the finished trial was not run again after the driver's death; the interrupted one resumed
+    # stage 1 from its last checkpoint (steps of at least one epoch kept), rather than from step 0.
+    assert trials[first_done]["final_resumed_from_step"] >= 7
     assert trials[second]["final_resumed_from_step"] >= 7
     assert dict(_stage1_runs(storage))[first_run] == first_ckpts  # no new checkpoint: not trained again
     run_dir = tmp_path / "resume"

@@ -125,7 +125,8 @@ def decode_batch(
     """Decode a batch of raw rows (`__key__`, `jpg`, `txt`, `json` bytes) into training columns.
 
     Returns `image` uint8 [N, S, S, 3], `label` int64 [N], `caption` str [N], `key` str [N], `draw` int64 [N]
-    (the text stage's per-row seed), and `skipped`
+    (the text stage's per-row seed), `shard` and `row` int64 [N] (the reader's `__shard__` and `__row__`),
+    and `skipped`
     reasons are tallied in `decode_batch.last_skipped` for the caller's log. With `repeat_factors`, each row is
     repeated floor(r) times plus once more with probability frac(r) (stochastic rounding keeps the expectation
     exact while streaming, no global view of the data needed). With `augment`, each output row is a random-resized
@@ -140,7 +141,7 @@ def decode_batch(
     keys = batch.get("__key__")
     n = len(keys) if keys is not None else 0
     rng = np.random.default_rng(seed)
-    images, labels, captions, out_keys, draws = [], [], [], [], []
+    images, labels, captions, out_keys, draws, where = [], [], [], [], [], []
     skipped: Counter[str] = Counter()
     examples: list[str] = []
     for i in range(n):
@@ -184,6 +185,7 @@ def decode_batch(
             captions.append(_as_text(row.get("txt")).strip())
             out_keys.append(_as_text(row.get("__key__")))
             draws.append(int(row_draws[rep]))
+            where.append((_int_or(row.get("__shard__"), -1), _int_or(row.get("__row__"), -1)))
     decode_batch.last_skipped = skipped  # type: ignore[attr-defined]
     if counts is not None:
         counts.update(skipped)
@@ -204,4 +206,12 @@ def decode_batch(
         "caption": np.asarray(captions, dtype=object),
         "key": np.asarray(out_keys, dtype=object),
         "draw": np.asarray(draws, dtype=np.int64),  # per-row seed of the text stage's choice
+        # where the row came from: the shard's position in the read list and the reader's row ordinal in it
+        # (-1 when the batch does not say); the training stream's cursor counts rows by position
+        "shard": np.asarray([w[0] for w in where], dtype=np.int64).reshape(-1),
+        "row": np.asarray([w[1] for w in where], dtype=np.int64).reshape(-1),
     }
+
+
+def _int_or(value, default: int) -> int:
+    return default if value is None else int(value)

@@ -53,6 +53,7 @@ SCHEMA = pa.schema(
         ("__key__", pa.string()),
         ("__url__", pa.string()),
         ("__shard__", pa.int64()),  # position of the shard in the read list: epochs' passes differ
+        ("__row__", pa.int64()),  # ordinal of the row among those its shard's read passed on
         ("jpg", pa.binary()),  # the sample's image, whatever its extension (.jpg/.jpeg/.png/.webp, any case)
         ("txt", pa.binary()),
         ("json", pa.binary()),
@@ -352,9 +353,9 @@ def _decompressed(head: bytes, raw: _RawGuard) -> IO[bytes]:
 def iter_samples(
     stream: IO[bytes], tally: ShardTally, strict: bool = False, max_member_bytes: int = MAX_MEMBER_BYTES
 ) -> Iterator[dict[str, Any]]:
-    """Samples of one shard as dicts (`__key__`, `__url__`, `__shard__`, `jpg`, `txt`, `json`: bytes or None),
-    in file order. Faults are counted in `tally` (or raised as DataFault with `strict`); nothing else is raised.
-    Members declaring more than `max_member_bytes` are skipped unread and drop their sample."""
+    """Samples of one shard as dicts (`__key__`, `__url__`, `__shard__`, `__row__`, and `jpg`, `txt`, `json`:
+    bytes or None), in file order. Faults are counted in `tally` (or raised as DataFault with `strict`);
+    nothing else is raised. Members declaring more than `max_member_bytes` are skipped unread and drop their sample."""
     done: set[str] = set()  # keys whose run of members has ended
     key: str | None = None
     sample: dict[str, Any] = {}
@@ -373,7 +374,8 @@ def iter_samples(
             tally.skipped[bad] += 1
             return None
         tally.rows += 1
-        return {"__key__": key, "__url__": tally.url, "__shard__": tally.index, **sample}
+        row = {"__key__": key, "__url__": tally.url, "__shard__": tally.index, "__row__": tally.rows - 1}
+        return row | sample
 
     samples_seen = 0
     try:

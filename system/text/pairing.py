@@ -73,8 +73,15 @@ class TextPairer:
         # Each row's seed keys a counter-based stream (a hash, not a numpy Generator per row: this is per row).
         rngs = [RowDraws(int(d)) for d in draws] if draws is not None else [None] * len(labels)
         picks = [self.pick(str(c), y, r) for c, y, r in zip(batch["caption"], labels, rngs, strict=True)]
+        # where each row came from travels on to the train loop (the stream cursor of a resumable run)
+        origin = {k: batch[k] for k in ("shard", "row") if k in batch}
         if not picks:
-            return {"image": batch["image"], "label": batch["label"], "text": np.zeros((0, 1), np.int64)}
+            return {
+                "image": batch["image"],
+                "label": batch["label"],
+                "text": np.zeros((0, 1), np.int64),
+                **origin,
+            }
         tokens = np.empty((len(picks), self.pool_tokens(labels[0]).shape[1]), np.int64)  # [N, L]
         captions = [i for i, p in enumerate(picks) if isinstance(p, str)]
         if captions:  # the rows' own captions: tokenized once, as a batch
@@ -82,4 +89,4 @@ class TextPairer:
         for i, (p, y) in enumerate(zip(picks, labels, strict=True)):
             if not isinstance(p, str):
                 tokens[i] = self.pool_tokens(y)[p]
-        return {"image": batch["image"], "label": batch["label"], "text": tokens}  # text: [N, L]
+        return {"image": batch["image"], "label": batch["label"], "text": tokens, **origin}  # text: [N, L]
