@@ -270,14 +270,49 @@ def autoscaler_max_resources() -> dict[str, float] | None:
     return {k: float(v) for k, v in out.items()} if out else None
 
 
-def sweep_fingerprint(cfg: Config, space: Space) -> str:
-    """Hash of what a sweep's trials depend on: the config (less where Ray runs) and the search space."""
+def sweep_identity(cfg: Config, space: Space) -> dict[str, Any]:
+    """What a sweep's trials depend on: the config (less where Ray runs and how the sweep is run) and the
+    search space, as JSON values."""
     d = cfg.to_dict()
     d.pop("ray")
     d["sweep"].pop("max_concurrent")
     d["sweep"].pop("max_failures")  # how a sweep runs, not what its trials compute
-    blob = json.dumps({"config": d, "space": space}, sort_keys=True, default=str)
+    return json.loads(json.dumps({"config": d, "space": space}, sort_keys=True, default=str))
+
+
+def sweep_fingerprint(cfg: Config, space: Space) -> str:
+    """Hash of `sweep_identity`."""
+    blob = json.dumps(sweep_identity(cfg, space), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def sweep_changes(recorded: dict[str, Any], cfg: Config, space: Space) -> list[str]:
+    """How (cfg, space) differs from the sweep recorded in its fingerprint file, one line per key; empty when
+    the sweep may be resumed. A key the record lacks is a key added to uniproto after the sweep started: at
+    its default it computes what the older version did (new keys default to the old behaviour), so it does
+    not count. A record from before per-key records holds only the hash."""
+    if "identity" not in recorded:
+        same = recorded.get("fingerprint") == sweep_fingerprint(cfg, space)
+        return [] if same else ["the config or the space (this record holds only a hash)"]
+    old, new = recorded["identity"], sweep_identity(cfg, space)
+    changes = []
+    if old["space"] != new["space"]:
+        changes.append(f"the space: {old['space']} -> {new['space']}")
+    old_cfg, new_cfg = _flat(old["config"]), _flat(new["config"])
+    defaults = _flat(sweep_identity(config_from_dict({}), {})["config"])
+    for key in sorted(set(old_cfg) | set(new_cfg)):
+        if key not in old_cfg and new_cfg[key] == defaults.get(key):
+            continue
+        if old_cfg.get(key, "<absent>") != new_cfg.get(key, "<absent>"):
+            changes.append(f"{key}: {old_cfg.get(key, '<absent>')!r} -> {new_cfg.get(key, '<absent>')!r}")
+    return changes
 
 
 def _scheduler(cfg: Config, reports: int):
@@ -324,15 +359,14 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
     storage = os.path.abspath(storage) if "://" not in storage else storage
     name = f"{cfg.run.name}-sweep"
     exp_path = f"{storage.rstrip('/')}/{name}"
-    fingerprint = sweep_fingerprint(cfg, space)
     fp_file = run_dir / FINGERPRINT_FILE
     restored = tune.Tuner.can_restore(exp_path)
     if restored:
-        old = json.loads(fp_file.read_text())["fingerprint"] if fp_file.is_file() else fingerprint
-        if old != fingerprint:
+        changes = sweep_changes(json.loads(fp_file.read_text()), cfg, space) if fp_file.is_file() else []
+        if changes:
             raise ConfigError(
-                f"run.name: a sweep named {cfg.run.name!r} with a different config or space exists at {exp_path}; "
-                "choose another run.name (or delete that directory) to start a new sweep"
+                f"run.name: a sweep named {cfg.run.name!r} with a different config or space exists at {exp_path} "
+                f"({'; '.join(changes)}); choose another run.name (or delete that directory) to start a new sweep"
             )
         print(f"[uniproto] resuming the sweep at {exp_path} (finished trials are kept)", flush=True)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -358,7 +392,8 @@ def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) 
                 failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             ),
         )
-    fp_file.write_text(json.dumps({"fingerprint": fingerprint, "experiment": exp_path}))
+    record = {"fingerprint": sweep_fingerprint(cfg, space), "experiment": exp_path}
+    fp_file.write_text(json.dumps(record | {"identity": sweep_identity(cfg, space)}, indent=1))
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 lambda candidates, the efficiency figures, the results table and best.yaml."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -11,7 +12,13 @@ import yaml
 from system import sweep_report as sr
 from system.config import Config, ConfigError, config_from_dict, load_config
 from system.finetune import BranchLogits, lambda_candidates, select_lambda
-from system.ray_sweep import max_concurrent_trials, sweep_fingerprint, trial_resources
+from system.ray_sweep import (
+    max_concurrent_trials,
+    sweep_changes,
+    sweep_fingerprint,
+    sweep_identity,
+    trial_resources,
+)
 
 
 def _cfg(**over):
@@ -212,3 +219,24 @@ def test_optuna_search_is_seeded():
     a, b, c = first_suggestions(0), first_suggestions(0), first_suggestions(1)
     assert a == b and a != c
     assert all(0.02 <= s["loss.proto_temperature"] <= 0.5 for s in a)
+
+
+def test_sweep_changes_name_each_key_and_ignore_keys_added_at_their_default():
+    space = {"loss.proto_temperature": ("grid", [0.05, 0.2])}
+    cfg = _cfg()
+    record = {"fingerprint": sweep_fingerprint(cfg, space), "identity": sweep_identity(cfg, space)}
+    assert sweep_changes(record, cfg, space) == []
+    # the record's hash is the hash of its identity (a record without one still compares)
+    assert sweep_changes({"fingerprint": record["fingerprint"]}, cfg, space) == []
+    assert sweep_changes({"fingerprint": "0" * 16}, cfg, space) != []
+    # a changed value and a changed space are each named
+    changes = sweep_changes(record, _cfg(**{"train.epochs": 3}), {"loss.proto_temperature": ("grid", [0.1])})
+    assert any(c.startswith("the space:") for c in changes)
+    assert "train.epochs: 6 -> 3" in changes  # 6: the default
+    # a key the record lacks (added to uniproto after the sweep started) counts only off its default
+    older = json.loads(json.dumps(record))
+    del older["identity"]["config"]["train"]["trace_rows_dir"]
+    assert sweep_changes(older, cfg, space) == []
+    assert sweep_changes(older, _cfg(**{"train.trace_rows_dir": "/tmp/rows"}), space) == [
+        "train.trace_rows_dir: '<absent>' -> '/tmp/rows'"
+    ]
