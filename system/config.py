@@ -209,7 +209,16 @@ class FinetuneSection:
     # Resamples of the selection split behind the spread of the chosen lambda (0 = off); the cap keeps stage 2
     # from spending minutes on a number that settles within a few hundred resamples.
     bootstrap: int = knob(200, lo=0, hi=100_000)
+    # The feature pass (system/ray_features.py): Ray Data batch inference in an actor pool that autoscales
+    # between min and max actors (max None: one per GPU under train.use_gpu, else one per feature_actor_cpus
+    # CPUs of the cluster), each holding one GPU under train.use_gpu and feature_actor_cpus CPUs.
     feature_batch_size: int = knob(256, lo=1)
+    feature_actors_min: int = knob(1, lo=1)
+    feature_actors_max: int | None = knob(None, lo=1)
+    feature_actor_cpus: float = knob(1.0, gt=0.0)
+    # The head is fitted on at most this many train features per class (None: all), in a Ray task's memory;
+    # the convex fit's class weights stay those of the whole split. Only the convex fit takes a cap.
+    max_per_class: int | None = knob(None, lo=1)
 
 
 @dataclass
@@ -448,6 +457,17 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError(
             f"finetune.head_fit: convex fits a linear head only; finetune.head={cfg.finetune.head} needs "
             "finetune.head_fit=sgd"
+        )
+    f = cfg.finetune
+    if f.feature_actors_max is not None and f.feature_actors_min > f.feature_actors_max:
+        raise ConfigError(
+            f"finetune.feature_actors_min: must be <= finetune.feature_actors_max ({f.feature_actors_max}), "
+            f"got {f.feature_actors_min}"
+        )
+    if f.max_per_class is not None and f.head_fit != "convex":
+        raise ConfigError(
+            "finetune.max_per_class: only the convex head fit takes a cap (it keeps the whole split's class "
+            "weights); the sgd fit resamples by the counts it sees. Use finetune.head_fit=convex or no cap"
         )
     if cfg.finetune.l2_min > cfg.finetune.l2_max:
         raise ConfigError(

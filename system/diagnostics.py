@@ -33,6 +33,15 @@ def centroid_geometry(
     many_threshold: int,
     few_threshold: int,
 ) -> dict[str, Any]:
+    """`centroid_geometry_from_sums` of features [N, d] and labels [N]."""
+    f = torch.as_tensor(features)  # [N, d]
+    acc = ClassMeanAccumulator(len(train_counts), f.shape[1]).update(f, torch.as_tensor(labels))
+    return centroid_geometry_from_sums(acc, train_counts, many_threshold, few_threshold)
+
+
+def centroid_geometry_from_sums(
+    acc: ClassMeanAccumulator, train_counts: list[int], many_threshold: int, few_threshold: int
+) -> dict[str, Any]:
     """Cosine distances (1 - cos) between centred class centroids, by shot group of the pair.
 
     Keys: `head_tail`, `tail_tail`, `head_head` (mean distance over those pairs, None when a group has too few
@@ -41,7 +50,8 @@ def centroid_geometry(
     nearest other centroid (NaN for classes absent from `labels`).
     """
     k = len(train_counts)
-    mu, counts = class_centroids(features, labels, k)
+    # normalising the sum equals normalising the mean; zero rows (absent classes) stay zero
+    mu, counts = F.normalize(acc.sums, dim=1).numpy(), acc.counts.numpy()
     present = counts > 0
     # Centred on the mean of the class centroids (as in neural-collapse analyses): CLIP-like features share a
     # large common direction that makes every raw centroid cosine close to 1 and hides the class structure.

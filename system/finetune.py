@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from system.config import EvalSection, FinetuneSection
-from system.heads import blend_logits, class_mean_prototypes, lambda_curve, train_head
+from system.heads import blend_logits, lambda_curve, train_head
 from system.heads import lambda_correct as lambda_correct_matrix
 from system.linear_probe import ProbeFit, fit_linear_probe, l2_grid
 from system.metrics import shot_accuracy
@@ -27,33 +27,27 @@ class BranchLogits:
     labels: np.ndarray  # [N]
 
 
-@dataclass
-class Stage2Fit:
-    head: torch.nn.Module  # features [N, d] -> logits [N, K], eval mode
-    mu: torch.Tensor  # [K, d] class-mean prototypes of the train split
-    probe: ProbeFit | None  # how the convex head was chosen (None for the sgd fit)
-
-
-def fit_stage2(
+def fit_head(
     train: tuple[np.ndarray, np.ndarray],
     select: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     cfg: FinetuneSection,
     seed: int,
-) -> Stage2Fit:
-    """The learnable head and the class-mean prototypes from the train split (features [N, d], labels [N]); the
-    convex head's L2 strength is chosen on `select` (the selection split), never on the report split."""
-    train_features, train_labels = train
-    f = torch.from_numpy(train_features)
-    y = torch.from_numpy(train_labels)
-    mu = class_mean_prototypes(f, y, num_classes)  # [K, d]
+    class_counts: list[int] | None = None,
+) -> tuple[torch.nn.Module, ProbeFit | None]:
+    """The learnable head on train features [N, d] / labels [N], in eval mode, and how the convex head was
+    chosen (None for the sgd fit): its L2 strength is chosen on `select` (the selection split), never on the
+    report split. `class_counts` [K]: the split's true counts when `train` holds at most
+    `cfg.max_per_class` rows of each class, so the class weights are the whole split's."""
     if cfg.head_fit == "convex":
         grid = l2_grid(cfg.l2_min, cfg.l2_max, cfg.l2_points)
-        probe = fit_linear_probe(train, select, num_classes, grid, cfg.balanced_sampling, cfg.probe_max_iter)
-        return Stage2Fit(probe.head, mu, probe)
+        probe = fit_linear_probe(
+            train, select, num_classes, grid, cfg.balanced_sampling, cfg.probe_max_iter, class_counts
+        )
+        return probe.head, probe
     head = train_head(
-        f,
-        y,
+        torch.from_numpy(train[0]),
+        torch.from_numpy(train[1]),
         num_classes,
         head=cfg.head,
         epochs=cfg.epochs,
@@ -63,7 +57,7 @@ def fit_stage2(
         balanced_sampling=cfg.balanced_sampling,
         seed=seed,
     )
-    return Stage2Fit(head, mu, None)
+    return head.eval(), None
 
 
 def logit_adjustment(train_counts: list[int], tau: float) -> torch.Tensor | None:

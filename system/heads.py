@@ -24,6 +24,7 @@ __all__ = [
     "class_mean_prototypes",
     "lambda_curve",
     "leave_one_out_class_mean_predictions",
+    "head_weight_norm",
     "positive_bias",
     "train_head",
 ]
@@ -436,13 +437,20 @@ def _last_linear(head: nn.Module) -> nn.Linear | None:
 
 
 @torch.no_grad()
+def head_weight_norm(head: nn.Module, num_classes: int) -> np.ndarray | None:
+    """Per-class weight norm of the head's last linear layer [K] (None without one)."""
+    last = _last_linear(head)
+    if last is None or last.out_features != num_classes:
+        return None
+    return last.weight.norm(dim=1).cpu().numpy()  # [K]
+
+
+@torch.no_grad()
 def positive_bias(head: nn.Module, features: torch.Tensor, num_classes: int) -> dict[str, np.ndarray | None]:
     """Per-class weight norm of the head's last linear layer (None without one) and per-class mean logit over
-    features [N, d]: both grow with n_c in a head-biased classifier."""
-    last = _last_linear(head)
-    weight_norm = None
-    if last is not None and last.out_features == num_classes:
-        weight_norm = last.weight.norm(dim=1).cpu().numpy()  # [K]
+    features [N, d]: both grow with n_c in a head-biased classifier. (Stage 2 streams the mean logit over the
+    train split instead: system.ray_features.mean_logits.)"""
+    weight_norm = head_weight_norm(head, num_classes)
     was_training = head.training
     head.eval()
     logits = head(torch.as_tensor(features).float())  # [N, K]

@@ -35,14 +35,22 @@ class ProbeFit:
     iterations: tuple[int, ...]  # L-BFGS iterations used at each grid point
 
 
-def class_weights(labels: torch.Tensor, num_classes: int, balanced_sampling: str) -> torch.Tensor:
-    """Per-sample weight n_{y_i}^-q [N] (float64); q from CLASS_WEIGHT_POWER."""
+def class_weights(
+    labels: torch.Tensor, num_classes: int, balanced_sampling: str, class_counts: list[int] | None = None
+) -> torch.Tensor:
+    """Per-sample weight n_{y_i}^-q [N] (float64); q from CLASS_WEIGHT_POWER. With `class_counts` (the true
+    counts n_c of a split that `labels`, m_c rows per class, subsamples): n_{y_i}^(1-q) / m_{y_i}, which gives
+    each class the total weight it has in the whole split (and equals n^-q when m = n)."""
     if balanced_sampling not in CLASS_WEIGHT_POWER:
         raise ValueError(
             f"unknown balanced_sampling {balanced_sampling!r}; choose from {sorted(CLASS_WEIGHT_POWER)}"
         )
-    counts = torch.bincount(labels, minlength=num_classes).double().clamp(min=1.0)  # [K]
-    return counts.pow(-CLASS_WEIGHT_POWER[balanced_sampling])[labels]  # [N]
+    q = CLASS_WEIGHT_POWER[balanced_sampling]
+    seen = torch.bincount(labels, minlength=num_classes).double().clamp(min=1.0)  # [K] m_c
+    if class_counts is None:
+        return seen.pow(-q)[labels]  # [N]
+    n = torch.as_tensor(class_counts, dtype=torch.float64).clamp(min=1.0)  # [K] n_c
+    return (n.pow(1.0 - q) / seen)[labels]  # [N]
 
 
 def probe_objective(
@@ -118,9 +126,11 @@ def fit_linear_probe(
     grid: tuple[float, ...],
     balanced_sampling: str = "sqrt",
     max_iter: int = 500,
+    class_counts: list[int] | None = None,
 ) -> ProbeFit:
     """Fit the head at every L2 strength of `grid` on `train` and keep the best on `select` (features [N, d] and
-    labels [N] each). Ties go to the stronger regularisation (earlier in the grid)."""
+    labels [N] each). Ties go to the stronger regularisation (earlier in the grid). `class_counts`: see
+    `class_weights`."""
     x = torch.as_tensor(train[0]).double()  # [N, d]
     y = torch.as_tensor(train[1]).long().ravel()  # [N]
     xs = torch.as_tensor(select[0]).double()  # [M, d]
@@ -129,7 +139,7 @@ def fit_linear_probe(
         raise ValueError(f"train features {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
     if xs.ndim != 2 or xs.shape[0] != ys.shape[0] or xs.shape[0] == 0 or xs.shape[1] != x.shape[1]:
         raise ValueError(f"selection features {tuple(xs.shape)} and labels {tuple(ys.shape)} do not fit")
-    w = class_weights(y, num_classes, balanced_sampling)  # [N]
+    w = class_weights(y, num_classes, balanced_sampling, class_counts)  # [N]
     fits, accs, iters = [], [], []
     init = None
     for l2 in grid:

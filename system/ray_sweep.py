@@ -29,13 +29,11 @@ from ray import tune
 from system.checkpoint import MODEL_FILE
 from system.config import Config, ConfigError, config_from_dict
 from system.data.dataset_dir import Manifest
-from system.diagnostics import centroid_geometry, geometry_summary
+from system.diagnostics import centroid_geometry_from_sums, geometry_summary
 from system.finetune import (
     BranchLogits,
     blended_predictions,
-    branch_logits,
     calibrate,
-    fit_stage2,
     fit_temperature,
     is_collapsed,
     lambda_bootstrap,
@@ -44,8 +42,9 @@ from system.finetune import (
     select_lambda,
     top_class_share,
 )
-from system.heads import positive_bias
-from system.ray_data import configure_data_context, extract_features
+from system.heads import head_weight_norm
+from system.ray_data import configure_data_context
+from system.ray_features import class_sums, feature_dataset, fit_head_remote, mean_logits, split_logits
 from system.ray_monitor import EpochReports
 from system.ray_pretrain import run_stage1
 from system.ray_reader import ledger_summary, new_ledger
@@ -67,16 +66,23 @@ def run_stage2(
     paths = shared["paths"]
     # One ledger per split: stage 2 reads every sample of each split exactly once, so these are the run's data
     # counts (good samples, skips by reason, failed shards) per split.
-    ledgers = {split: new_ledger() for split in paths}
-    feats = {
-        split: extract_features(cfg, manifest, paths[split], weights, ledger=ledgers[split])
-        for split in paths
-    }
     sel, rep = cfg.eval.select_split, cfg.eval.report_split
-    fit = fit_stage2(feats["train"], feats[sel], manifest.num_classes, cfg.finetune, cfg.run.seed)
-    head, mu = fit.head, fit.mu
+    ledgers = {split: new_ledger() for split in dict.fromkeys(("train", sel, rep))}
+    k = manifest.num_classes
+    # Each split's features are computed once and kept in the object store (spilled to disk when larger):
+    # the driver holds block references, the reductions below stream over them.
+    feats = {
+        split: feature_dataset(cfg, manifest, paths[split], weights, ledger=ledger).materialize()
+        for split, ledger in ledgers.items()
+    }
+    dim = int(np.asarray(feats["train"].take(1)[0]["feature"]).shape[-1])
+    sums = class_sums(feats["train"], k, dim)
+    mu = sums.prototypes()  # [K, d]
+    head, probe = fit_head_remote(
+        feats["train"], feats[sel], k, cfg.finetune, cfg.run.seed, list(manifest.train_counts)
+    )
     adjust = logit_adjustment(manifest.train_counts, cfg.finetune.logit_adjust_tau)
-    logits = {s: branch_logits(head, mu, *feats[s], cfg.finetune.proto_scale, adjust) for s in (sel, rep)}
+    logits = {s: split_logits(feats[s], head, mu, cfg.finetune.proto_scale, adjust) for s in (sel, rep)}
     temperatures: dict[str, float | None] = {"temperature_head": None, "temperature_proto": None}
     if cfg.finetune.calibrate:
         # Fitted on the selection split only; both splits are scaled alike, so the saved logits (and whatever
@@ -95,7 +101,6 @@ def run_stage2(
         boot = lambda_bootstrap(
             logits[sel], candidates, cfg.finetune.lambda_points, cfg.finetune.bootstrap, cfg.run.seed
         )
-    k = manifest.num_classes
     shares = {
         "val_top_class_share_head": top_class_share(blended_predictions(logits[sel], 0.0), k),
         "val_top_class_share": top_class_share(blended_predictions(logits[sel], lam), k),
@@ -112,10 +117,10 @@ def run_stage2(
                 flush=True,
             )
     # Diagnostics: class-centroid geometry of the stage-1 features, and the head's positive bias.
-    geometry = centroid_geometry(
-        *feats["train"], manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
+    geometry = centroid_geometry_from_sums(
+        sums, manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
     )
-    bias = positive_bias(head, torch.from_numpy(feats["train"][0]), manifest.num_classes)
+    bias = {"weight_norm": head_weight_norm(head, k), "mean_logit": mean_logits(feats["train"], head)}
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out_dir / LOGITS_FILE,
@@ -140,11 +145,11 @@ def run_stage2(
         "lambda_bootstrap": boot,
         **(
             {
-                "head_l2": fit.probe.l2,
-                "head_l2_grid": list(fit.probe.grid),
-                "head_l2_val_top1": list(fit.probe.select_top1),
+                "head_l2": probe.l2,
+                "head_l2_grid": list(probe.grid),
+                "head_l2_val_top1": list(probe.select_top1),
             }
-            if fit.probe is not None
+            if probe is not None
             else {}
         ),
         **shares,
@@ -156,7 +161,7 @@ def run_stage2(
 def geometry_before(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
     """Class-centroid geometry of the train split under the model stage 1 starts from (same seed, same
     initial or pretrained weights), for the before/after comparison."""
-    from system.models import create_clip
+    from system.models import create_clip, embed_dim
 
     configure_data_context(cfg)
     manifest: Manifest = shared["manifest"]
@@ -164,8 +169,11 @@ def geometry_before(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / MODEL_FILE)
-        feats = extract_features(cfg, manifest, shared["paths"]["train"], str(Path(tmp) / MODEL_FILE))
-    g = centroid_geometry(*feats, manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold)
+        train = feature_dataset(cfg, manifest, shared["paths"]["train"], str(Path(tmp) / MODEL_FILE))
+        sums = class_sums(train, manifest.num_classes, embed_dim(model))
+    g = centroid_geometry_from_sums(
+        sums, manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
+    )
     return {"summary": geometry_summary(g), "nearest": g["nearest"]}
 
 

@@ -1,0 +1,258 @@
+"""Stage 2's feature pass as Ray Data batch inference, and everything read from it without gathering the
+train split's features on the driver.
+
+The frozen stage-1 image encoder runs in an autoscaling actor pool (one GPU per actor under `train.use_gpu`,
+`finetune.feature_actor_cpus` CPUs otherwise; `finetune.feature_actors_min`/`_max`, the max sized from the
+cluster when unset). A split's features are materialized in Ray's object store (spilled to disk when larger
+than it), and then:
+- class sums and counts (the class-mean prototypes and the centroid geometry) and the head's mean logit per
+  class are streaming reductions: the driver holds one running [K, d] sum, whatever the split's size;
+- the head is fitted in a Ray task that gathers the train features (at most `finetune.max_per_class` per class)
+  and the selection split's, so they never reach the driver;
+- only the selection and report splits' logits ([N, K] each, the small splits) come back to the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import ray.data
+import torch
+from ray.data import ActorPoolStrategy
+
+from system.config import Config, FinetuneSection
+from system.data.dataset_dir import Manifest
+from system.finetune import BranchLogits, fit_head
+from system.heads import ClassMeanAccumulator
+from system.linear_probe import ProbeFit
+from system.ray_data import decoded_split
+
+# Rows per streaming-reduction batch: each batch sends one partial sum ([K, d] floats) to the driver, so large
+# batches keep that traffic small next to the features themselves.
+REDUCE_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class FeaturePool:
+    """The feature pass's actor pool: its size range and what each actor holds."""
+
+    min_size: int
+    max_size: int
+    num_cpus: float
+    num_gpus: float
+
+
+def feature_pool(cfg: Config, resources: dict[str, float]) -> FeaturePool:
+    """Pool size from the config, or from the cluster's `resources` (ray.cluster_resources()) when
+    `finetune.feature_actors_max` is unset: one actor per GPU under train.use_gpu, else one per
+    `feature_actor_cpus` CPUs left after one decode task (`data.decode_cpus`), so reading never starves."""
+    f = cfg.finetune
+    if cfg.train.use_gpu:
+        fits = int(resources.get("GPU", 0.0))
+    else:
+        fits = int((resources.get("CPU", 0.0) - cfg.data.decode_cpus) // f.feature_actor_cpus)
+    max_size = f.feature_actors_max if f.feature_actors_max is not None else max(1, fits)
+    return FeaturePool(
+        min_size=min(f.feature_actors_min, max_size),
+        max_size=max_size,
+        num_cpus=f.feature_actor_cpus,
+        num_gpus=1.0 if cfg.train.use_gpu else 0.0,
+    )
+
+
+class FeatureEncoder:
+    """Actor-pool UDF: the stage-1 image encoder as a batch-inference pass (normalised features), under the
+    training's precision (bf16 autocast or fp32), on the actor's GPU when it holds one; features leave as
+    fp32 on the host."""
+
+    def __init__(self, arch: str, image_size: int, state: list[ray.ObjectRef], precision: str = "fp32"):
+        from system.models import create_clip, preprocess_for
+        from system.stage1_step import configure_device_math
+
+        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+        configure_device_math(self.device)
+        model = create_clip(arch, None, image_size)
+        model.load_state_dict(ray.get(state[0]))
+        self.model = model.to(self.device).eval()
+        self.preprocess = preprocess_for(self.model)
+        self.precision = precision
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from system.stage1_step import autocast
+
+        # Arrow hands out read-only buffers and torch.from_numpy warns on every such batch; a writable copy is
+        # made only when the buffer is read-only (np.require), and the model only reads it anyway.
+        images = np.require(batch["image"], requirements=["C", "W"])  # [N, S, S, 3] uint8
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            x = self.preprocess(torch.from_numpy(images).to(self.device, non_blocking=True))  # [N, 3, S, S]
+            f = self.model.encode_image(x, normalize=True)  # [N, d]
+        return {"feature": f.float().cpu().numpy(), "label": batch["label"]}
+
+
+def feature_dataset(
+    cfg: Config, manifest: Manifest, paths: Sequence[str], weights: str, ledger=None
+) -> ray.data.Dataset:
+    """Rows {feature [d] float32, label} of a split under the stage-1 encoder (no resampling), lazily.
+    `weights` is read (and checked) here, and its tensors reach the actors through the object store: the
+    actors may run on nodes that cannot see this process's files."""
+    from system.models import create_clip, load_state
+
+    model = load_state(
+        create_clip(cfg.model.arch, None, cfg.data.image_size), weights, cfg.model.arch, cfg.data.image_size
+    )
+    state = ray.put(model.state_dict())
+    del model
+    pool = feature_pool(cfg, ray.cluster_resources())
+    return decoded_split(cfg, manifest, paths, ledger=ledger).map_batches(
+        FeatureEncoder,
+        fn_constructor_kwargs={
+            "arch": cfg.model.arch,
+            "image_size": cfg.data.image_size,
+            # in a list: Ray resolves only top-level references, and the actor fetches the tensors itself
+            "state": [state],
+            "precision": cfg.train.precision,
+        },
+        compute=ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        batch_size=cfg.finetune.feature_batch_size,
+        batch_format="numpy",
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus,
+    )
+
+
+def _class_sum_batch(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
+    f = torch.from_numpy(np.require(batch["feature"], requirements=["W"]))  # [B, d]
+    acc = ClassMeanAccumulator(num_classes, f.shape[1]).update(f, torch.from_numpy(batch["label"]))
+    return {"sums": acc.sums.numpy()[None], "counts": acc.counts.numpy()[None]}  # [1, K, d], [1, K]
+
+
+def class_sums(ds: ray.data.Dataset, num_classes: int, dim: int) -> ClassMeanAccumulator:
+    """Per-class sums and counts of the normalised features of `ds`, reduced as they stream in."""
+    acc = ClassMeanAccumulator(num_classes, dim)
+    partial = ds.map_batches(
+        _class_sum_batch,
+        fn_kwargs={"num_classes": num_classes},
+        batch_size=REDUCE_BATCH,
+        batch_format="numpy",
+    )
+    for batch in partial.iter_batches(batch_size=1, batch_format="numpy"):
+        acc.sums += torch.tensor(batch["sums"][0])
+        acc.counts += torch.tensor(batch["counts"][0]).long()
+    if int(acc.counts.sum()) == 0:
+        raise RuntimeError("the split has no decodable samples")
+    return acc
+
+
+def _logit_sum_batch(batch: dict[str, np.ndarray], head: torch.nn.Module) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        z = head(torch.from_numpy(np.require(batch["feature"], requirements=["W"])))  # [B, K]
+    return {"logit_sum": z.double().sum(dim=0).numpy()[None], "rows": np.array([len(z)])}  # [1, K], [1]
+
+
+def mean_logits(ds: ray.data.Dataset, head: torch.nn.Module) -> np.ndarray:
+    """The head's mean logit per class over `ds` [K] (its positive bias toward frequent classes)."""
+    head = head.eval()
+    total, rows = None, 0
+    partial = ds.map_batches(
+        _logit_sum_batch, fn_kwargs={"head": head}, batch_size=REDUCE_BATCH, batch_format="numpy"
+    )
+    for batch in partial.iter_batches(batch_size=1, batch_format="numpy"):
+        total = batch["logit_sum"][0] if total is None else total + batch["logit_sum"][0]
+        rows += int(batch["rows"][0])
+    return (total / rows).astype(np.float32)
+
+
+def _branch_batch(
+    batch: dict[str, np.ndarray],
+    head: torch.nn.Module,
+    mu: torch.Tensor,
+    proto_scale: float,
+    adjust: torch.Tensor | None,
+) -> dict[str, np.ndarray]:
+    from system.finetune import branch_logits
+
+    z = branch_logits(head, mu, np.asarray(batch["feature"]), batch["label"], proto_scale, adjust)
+    return {"head": z.head, "proto": z.proto, "label": z.labels}
+
+
+def split_logits(
+    ds: ray.data.Dataset,
+    head: torch.nn.Module,
+    mu: torch.Tensor,
+    proto_scale: float,
+    adjust: torch.Tensor | None = None,
+) -> BranchLogits:
+    """Both branches' logits of a split, computed beside its features; only the logits reach the driver."""
+    out = ds.map_batches(
+        _branch_batch,
+        fn_kwargs={"head": head.eval(), "mu": mu, "proto_scale": proto_scale, "adjust": adjust},
+        batch_format="numpy",
+    )
+    parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
+    return BranchLogits(
+        np.concatenate([p["head"] for p in parts]),
+        np.concatenate([p["proto"] for p in parts]),
+        np.concatenate([p["label"] for p in parts]).astype(np.int64),
+    )
+
+
+def gather_features(ds: ray.data.Dataset, max_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features [N, d] float32 and labels [N] of `ds` in its order, keeping the first `max_per_class` rows of
+    each class when set. Called inside the head-fit task, not on the driver."""
+    feats, labels = [], []
+    seen: np.ndarray | None = None
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        f, y = np.asarray(batch["feature"], dtype=np.float32), np.asarray(batch["label"], dtype=np.int64)
+        if max_per_class is not None:
+            if seen is None:
+                seen = np.zeros(0, dtype=np.int64)
+            if y.size and y.max() >= seen.size:
+                seen = np.pad(seen, (0, int(y.max()) + 1 - seen.size))
+            # rank of each row within its class, counting the rows kept from earlier batches
+            order = np.argsort(y, kind="stable")
+            ys = y[order]
+            starts = np.searchsorted(ys, ys, side="left")
+            rank = np.empty_like(y)
+            rank[order] = np.arange(len(ys)) - starts + seen[ys]
+            keep = rank < max_per_class
+            np.add.at(seen, y[keep], 1)
+            f, y = f[keep], y[keep]
+        feats.append(f)
+        labels.append(y)
+    if not feats or sum(len(y) for y in labels) == 0:
+        raise RuntimeError("the split has no decodable samples")
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+@ray.remote(num_cpus=1)
+def _fit_head_task(
+    train: ray.data.Dataset,
+    select: ray.data.Dataset,
+    num_classes: int,
+    cfg: FinetuneSection,
+    seed: int,
+    class_counts: list[int],
+) -> tuple[torch.nn.Module, ProbeFit | None]:
+    x = gather_features(train, cfg.max_per_class)
+    return fit_head(x, gather_features(select), num_classes, cfg, seed, class_counts)
+
+
+def fit_head_remote(
+    train: ray.data.Dataset,
+    select: ray.data.Dataset,
+    num_classes: int,
+    cfg: FinetuneSection,
+    seed: int,
+    class_counts: list[int],
+) -> tuple[torch.nn.Module, ProbeFit | None]:
+    """`system.finetune.fit_head` in a Ray task (one CPU on whichever node has it): the train features go to
+    that task's memory, never the driver's. `class_counts` are the split's true counts, so a per-class cap
+    keeps the convex head's class weights those of the whole split."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    # Outside the caller's placement group: a sweep trial holds a 0.01-CPU bundle, which the task cannot fit.
+    task = _fit_head_task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    return ray.get(task.remote(train, select, num_classes, cfg, seed, class_counts))
