@@ -167,6 +167,9 @@ class TrainSection:
     # at most N steps
     checkpoint_every_steps: int | None = knob(None, lo=1)
     keep_checkpoints: int | None = knob(2, lo=1)  # newest checkpoints kept in storage (None: all)
+    # upload checkpoints to ray.storage_path in a background thread (Ray Train's ASYNC report mode): training
+    # goes on while one uploads; a worker lost mid-upload resumes from the checkpoint before it
+    async_checkpoint_upload: bool = False
     max_failures: int = knob(0, lo=-1)
     # a local directory where every Train worker writes the rows it trains on, one line per row: the step,
     # the shard's position in the stream and the row's ordinal in its shard (data-order audits; resume tests)

@@ -28,7 +28,6 @@ from system.data.dataset_dir import Manifest
 from system.finetune import BranchLogits, fit_head
 from system.heads import ClassMeanAccumulator
 from system.linear_probe import ProbeFit
-from system.ray_data import decoded_split
 
 # Rows per streaming-reduction batch: each batch sends one partial sum ([K, d] floats) to the driver, so large
 # batches keep that traffic small next to the features themselves.
@@ -68,14 +67,19 @@ class FeatureEncoder:
     training's precision (bf16 autocast or fp32), on the actor's GPU when it holds one; features leave as
     fp32 on the host."""
 
-    def __init__(self, arch: str, image_size: int, state: list[ray.ObjectRef], precision: str = "fp32"):
+    def __init__(
+        self, arch: str, image_size: int, state: list[ray.ObjectRef | dict], precision: str = "fp32"
+    ):
         from system.models import create_clip, preprocess_for
         from system.stage1_step import configure_device_math
 
-        self.device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []  # outside Ray (a test): the CPU
+        self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
         configure_device_math(self.device)
         model = create_clip(arch, None, image_size)
-        model.load_state_dict(ray.get(state[0]))
+        # A reference (in a list, so Ray does not resolve it before the actor starts) or the tensors themselves.
+        weights = ray.get(state[0]) if isinstance(state[0], ray.ObjectRef) else state[0]
+        model.load_state_dict(weights)
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess_for(self.model)
         self.precision = precision
@@ -98,7 +102,10 @@ def feature_dataset(
     """Rows {feature [d] float32, label} of a split under the stage-1 encoder (no resampling), lazily.
     `weights` is read (and checked) here, and its tensors reach the actors through the object store: the
     actors may run on nodes that cannot see this process's files."""
+    # Imported here, not at the top: the reductions below are pickled by reference to this module, and a
+    # fresh worker importing it should not pay for the decode stack (open_clip, the text pools), about 3 s.
     from system.models import create_clip, load_state
+    from system.ray_data import decoded_split
 
     model = load_state(
         create_clip(cfg.model.arch, None, cfg.data.image_size), weights, cfg.model.arch, cfg.data.image_size
@@ -125,7 +132,8 @@ def feature_dataset(
 
 def _class_sum_batch(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
     f = torch.from_numpy(np.require(batch["feature"], requirements=["W"]))  # [B, d]
-    acc = ClassMeanAccumulator(num_classes, f.shape[1]).update(f, torch.from_numpy(batch["label"]))
+    y = torch.from_numpy(np.require(batch["label"], requirements=["W"]))  # [B]
+    acc = ClassMeanAccumulator(num_classes, f.shape[1]).update(f, y)
     return {"sums": acc.sums.numpy()[None], "counts": acc.counts.numpy()[None]}  # [1, K, d], [1, K]
 
 
@@ -174,7 +182,9 @@ def _branch_batch(
 ) -> dict[str, np.ndarray]:
     from system.finetune import branch_logits
 
-    z = branch_logits(head, mu, np.asarray(batch["feature"]), batch["label"], proto_scale, adjust)
+    # Arrow's buffers are read-only, and torch.from_numpy warns on them
+    f = np.require(batch["feature"], dtype=np.float32, requirements=["C", "W"])  # [B, d]
+    z = branch_logits(head, mu, f, np.asarray(batch["label"]), proto_scale, adjust)
     return {"head": z.head, "proto": z.proto, "label": z.labels}
 
 

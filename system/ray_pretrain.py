@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from system.models import add_class_head, create_clip, preprocess_for
 from system.optim import build_adamw
 from system.ray_data import configure_data_context, train_batches, train_dataset, val_probe
 from system.ray_monitor import TrainMonitor
+from system.ray_resume import checkpoint_directory
 from system.schedule import Schedule, stage1_schedule
 from system.stage1_step import (
     Stage1Step,
@@ -117,10 +119,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     resumed: StreamState | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir, weights_only_loads():  # storage cannot run code here
-            engine.load_checkpoint(ckpt_dir)
-            meta = json.loads((Path(ckpt_dir) / META_FILE).read_text())
-            stream_file = Path(ckpt_dir) / STREAM_FILE
+        # one local copy per node, complete before any rank reads it; weights only: storage cannot run code
+        with checkpoint_directory(checkpoint) as ckpt_dir, weights_only_loads():
+            engine.load_checkpoint(str(ckpt_dir))
+            meta = json.loads((ckpt_dir / META_FILE).read_text())
+            stream_file = ckpt_dir / STREAM_FILE
             resumed = StreamState.from_json(stream_file.read_text()) if stream_file.is_file() else None
         step = meta["step"]
         if rank == 0:
@@ -382,8 +385,26 @@ def _end_epoch(
     if epoch == schedule.reports or epoch % cfg.train.checkpoint_every_epochs == 0:
         _save_and_report(engine, cfg, metrics, rank, cursor)
     else:
-        ray.train.report(metrics)
+        _report(cfg, metrics)
     meter.reset()
+
+
+def _report(cfg: Config, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    """One `ray.train.report`. Under train.async_checkpoint_upload every report is asynchronous (Ray orders
+    reports, so a synchronous one would wait for the upload before it); the checkpoint's local directory is
+    then deleted by Ray once uploaded."""
+    from ray.train import CheckpointUploadMode
+
+    checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    if cfg.train.async_checkpoint_upload:
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
+    else:
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int, cursor: StreamCursor) -> None:
@@ -392,7 +413,9 @@ def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int, cu
     stream = cursor.checkpoint()  # collective: every rank, same step
     if stream is not None:
         metrics = {**metrics, "stream_start": stream.start, "stream_consumed_rows": stream.consumed_rows}
-    with tempfile.TemporaryDirectory() as tmp:
+    # an asynchronous upload reads the directory after this returns: Ray deletes it once uploaded
+    tmp, handed_to_ray = tempfile.mkdtemp(prefix="uniproto-ckpt-"), False
+    try:
         engine.save_checkpoint(tmp, tag=f"step{metrics['step']}")
         engine.save_16bit_model(tmp, MODEL_FILE)  # consolidated weights (rank 0 writes)
         if rank == 0:
@@ -406,7 +429,11 @@ def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int, cu
             (Path(tmp) / META_FILE).write_text(json.dumps(meta))
             if stream is not None:
                 (Path(tmp) / STREAM_FILE).write_text(stream.to_json())
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        _report(cfg, metrics, tmp)
+        handed_to_ray = cfg.train.async_checkpoint_upload
+    finally:
+        if not handed_to_ray:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _frozen_teacher(cfg: Config, device) -> torch.nn.Module:

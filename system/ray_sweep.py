@@ -301,11 +301,18 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Keys that size the stage-2 feature pass's actor pool: how wide it runs, not what a trial computes (the head
+# fit is full-batch, so the order in which the actors return features does not change it).
+PLACEMENT_KEYS = frozenset(
+    {"finetune.feature_actors_min", "finetune.feature_actors_max", "finetune.feature_actor_cpus"}
+)
+
+
 def sweep_changes(recorded: dict[str, Any], cfg: Config, space: Space) -> list[str]:
     """How (cfg, space) differs from the sweep recorded in its fingerprint file, one line per key; empty when
     the sweep may be resumed. A key the record lacks is a key added to uniproto after the sweep started: at
     its default it computes what the older version did (new keys default to the old behaviour), so it does
-    not count. A record from before per-key records holds only the hash."""
+    not count; nor do `PLACEMENT_KEYS`. A record from before per-key records holds only the hash."""
     if "identity" not in recorded:
         same = recorded.get("fingerprint") == sweep_fingerprint(cfg, space)
         return [] if same else ["the config or the space (this record holds only a hash)"]
@@ -315,7 +322,7 @@ def sweep_changes(recorded: dict[str, Any], cfg: Config, space: Space) -> list[s
         changes.append(f"the space: {old['space']} -> {new['space']}")
     old_cfg, new_cfg = _flat(old["config"]), _flat(new["config"])
     defaults = _flat(sweep_identity(config_from_dict({}), {})["config"])
-    for key in sorted(set(old_cfg) | set(new_cfg)):
+    for key in sorted((set(old_cfg) | set(new_cfg)) - PLACEMENT_KEYS):
         if key not in old_cfg and new_cfg[key] == defaults.get(key):
             continue
         if old_cfg.get(key, "<absent>") != new_cfg.get(key, "<absent>"):

@@ -75,8 +75,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def s3_dataset(tiny_dataset):
-    """The tiny dataset uploaded to bucket `uniproto` of a moto S3 server; AWS_* point at it (fake keys)."""
+def moto_s3():
+    """A moto S3 server on 127.0.0.1 with an empty bucket `uniproto`; AWS_* point at it (fake keys). Yields
+    pyarrow's S3 filesystem on it."""
     from moto.server import ThreadedMotoServer
 
     port = _free_port()
@@ -97,11 +98,8 @@ def s3_dataset(tiny_dataset):
         endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
     )
     s3.create_dir("uniproto")
-    pafs.copy_files(
-        str(tiny_dataset), "uniproto/ds", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=s3
-    )
     try:
-        yield "s3://uniproto/ds"
+        yield s3
     finally:
         server.stop()
         for k, v in saved.items():
@@ -109,3 +107,17 @@ def s3_dataset(tiny_dataset):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def s3_dataset(tiny_dataset, moto_s3):
+    """The tiny dataset uploaded to the moto bucket, as an s3:// URI."""
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(
+        str(tiny_dataset),
+        "uniproto/ds",
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=moto_s3,
+    )
+    return "s3://uniproto/ds"

@@ -165,12 +165,10 @@ def test_feature_encoder_takes_read_only_batches_without_a_warning(tmp_path):
     import torch
 
     from system.models import create_clip
-    from system.ray_data import FeatureEncoder
+    from system.ray_features import FeatureEncoder
 
     torch.manual_seed(0)
-    weights = tmp_path / "model.pt"
-    torch.save(create_clip("uniproto-tiny-rn", None, 32).state_dict(), weights)
-    enc = FeatureEncoder("uniproto-tiny-rn", 32, str(weights))
+    enc = FeatureEncoder("uniproto-tiny-rn", 32, [create_clip("uniproto-tiny-rn", None, 32).state_dict()])
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)  # [N, S, S, 3]
     frozen = images.copy()
     frozen.flags.writeable = False

@@ -1,5 +1,9 @@
 """Stage 1 with everything on object storage: the dataset read from, and checkpoints written to, a real S3 API
-(a moto server on 127.0.0.1, see conftest). Running it again resumes from the checkpoint in the bucket."""
+(a moto server on 127.0.0.1, see conftest). Running it again resumes from the checkpoint in the bucket, which
+both ranks read from one local copy (system/ray_resume.py)."""
+
+import tempfile
+from pathlib import Path
 
 import pytest
 import ray
@@ -29,8 +33,15 @@ def test_stage1_on_s3_checkpoints_to_the_bucket_and_resumes(s3_dataset, tmp_path
 
     from pipelines.pretrain import main as pretrain
 
+    local_copies = set(Path(tempfile.gettempdir()).glob("uniproto-ckpt-*"))
     try:
-        first = pretrain(argv(_sets(s3_dataset, tmp_path, epochs=1)))
+        # the first run uploads in the background (train.async_checkpoint_upload), the second as it saves
+        first = pretrain(
+            argv({**_sets(s3_dataset, tmp_path, epochs=1), "train.async_checkpoint_upload": True})
+        )
+        assert (
+            set(Path(tempfile.gettempdir()).glob("uniproto-ckpt-*")) == local_copies
+        )  # deleted once uploaded
         second = pretrain(argv(_sets(s3_dataset, tmp_path, epochs=2)))
     finally:
         ray.shutdown()

@@ -240,3 +240,6 @@ def test_sweep_changes_name_each_key_and_ignore_keys_added_at_their_default():
     assert sweep_changes(older, _cfg(**{"train.trace_rows_dir": "/tmp/rows"}), space) == [
         "train.trace_rows_dir: '<absent>' -> '/tmp/rows'"
     ]
+    # the feature pass's pool size is placement: a sweep resumes on a cluster of another size
+    assert sweep_changes(record, _cfg(**{"finetune.feature_actors_max": 3}), space) == []
+    assert sweep_changes(older, _cfg(**{"finetune.feature_actors_max": 3}), space) == []
