@@ -47,7 +47,7 @@ format: setup
 # installed first into /tmp/site and put on PYTHONPATH. The run command's line, with `.whl` carried:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 #   && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/peer-site .whl/peer/*.whl
-#   && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 || exit; python3 -m pipelines.bench_gpu --peer-site
+#   && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 || exit; python3 -m pipelines.bench.gpu --peer-site
 #   /tmp/peer-site --workdir /tmp/gpu-check --out $OUT/gpu-check.json; tar czf $OUT/logs.tgz -C /tmp/gpu-check logs
 # `make gpu-check GPU_CHECK_ARGS=--smoke` runs the same orchestration on a CPU in a few minutes.
 GPU_CHECK_ARGS ?=
@@ -56,7 +56,7 @@ gpu-bundle: setup
 	$(PY) -m pipelines.gpu_bundle
 
 gpu-check:
-	$(PYTHON) -m pipelines.bench_gpu --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+	$(PYTHON) -m pipelines.bench.gpu --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -116,7 +116,9 @@ def run_ablation(
         settings = grid_size(spaces[arm])
         grid = f" x {settings} settings of {', '.join(spaces[arm])}" if settings > 1 else ""
         with ctx.timer(f"arm {arm} ({i + 1}/{len(arms)}): {len(seeds)} seeds{grid}"):
-            out = run_sweep(cfg, {**spaces[arm], "run.seed": ("grid", seeds)}, ctx.shared(), ctx.run_dir)
+            out = run_sweep(
+                cfg, {**spaces[arm], "run.seed": ("grid", seeds)}, ctx.stage_inputs(), ctx.run_dir
+            )
         per_arm[arm] = out["trials"]
         done = [t for t in out["trials"] if t["status"] == "completed"]
         if len(done) < len(out["trials"]):

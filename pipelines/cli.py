@@ -205,7 +205,7 @@ def _submit(argv: list[str]) -> int:
 
 
 # `uniproto benchmark <what>`: module of each benchmark's main (imported only when run).
-BENCHMARKS = {"train": "system.bench_train", "data": "system.bench_data", "gpu": "pipelines.bench_gpu"}
+BENCHMARKS = {"train": "pipelines.bench.train", "data": "pipelines.bench.data", "gpu": "pipelines.bench.gpu"}
 
 
 def _benchmark(argv: list[str]) -> int:

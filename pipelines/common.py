@@ -13,6 +13,7 @@ from typing import Any
 from system.config import Config, load_config, save_config
 from system.data.dataset_dir import Manifest, load_manifest
 from system.spaces import load_space
+from system.stage_inputs import StageInputs
 
 
 def parse_args(prog: str, doc: str | None, argv: list[str] | None, extra=None) -> argparse.Namespace:
@@ -67,21 +68,21 @@ class RunContext:
     def storage_path(self) -> str:
         return self.cfg.ray.storage_path or str((self.run_dir / "ray").resolve())
 
-    def shared(self) -> dict[str, Any]:
+    def stage_inputs(self) -> StageInputs:
         """What every trial and worker needs, passed through Ray (no driver-local paths on workers)."""
         root = self.cfg.data.root
-        return {
-            "manifest": self.manifest,
-            "paths": {
+        return StageInputs(
+            manifest=self.manifest,
+            paths={
                 s: self.manifest.shard_paths(root, s)
                 for s in ("train", self.cfg.eval.select_split, self.cfg.eval.report_split)
             },
-            "pools": self.pools,
-            "prototypes": self.prototypes,
-            "prototype_stats": self.prototype_stats,
-            "prototype_seed": self.cfg.run.seed,  # trials with another run.seed draw their own
-            "storage_path": self.storage_path(),
-        }
+            storage_path=self.storage_path(),
+            pools=self.pools,
+            prototypes=self.prototypes,
+            prototype_stats=self.prototype_stats,
+            prototype_seed=self.cfg.run.seed,  # trials with another run.seed draw their own
+        )
 
     def dataset_summary(self) -> dict[str, Any]:
         counts = self.manifest.train_counts

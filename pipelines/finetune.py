@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with ctx.timer("ray"):
         print(f"[uniproto] {init_ray(cfg)}", flush=True)
     with ctx.timer("stage 2"):
-        metrics = run_stage2(cfg, ctx.shared(), str(weights), ctx.run_dir / "stage2")
+        metrics = run_stage2(cfg, ctx.stage_inputs(), str(weights), ctx.run_dir / "stage2")
     rep = load_branch_logits(ctx.run_dir / "stage2", cfg.eval.report_split)
     lam = metrics["best_lambda"]
     acc = shot_accuracy_at(rep, lam, ctx.manifest.train_counts, cfg.eval)

@@ -1,4 +1,4 @@
-"""`make gpu-bundle`: the wheels that the GPU check (pipelines.bench_gpu) needs and the GPU machine lacks.
+"""`make gpu-bundle`: the wheels that the GPU check (pipelines.bench.gpu) needs and the GPU machine lacks.
 
 The GPU machine runs Python 3.12 with its own torch 2.11 (CUDA 13), numpy, pyarrow, pandas, pillow, timm,
 regex, pyyaml, safetensors, huggingface_hub, psutil, aiohttp, grpcio, protobuf, msgpack, click, requests, ...
@@ -47,7 +47,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from system.bench_peer import PEER_WEBDATASET
+from pipelines.bench.peer import PEER_WEBDATASET
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTRAINTS = REPO / "cluster" / "constraints.txt"

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[uniproto] {init_ray(ctx.cfg)}", flush=True)
     ledger = new_ledger()
     with ctx.timer("stage 1"):
-        result = run_stage1(ctx.cfg, ctx.shared(), name=f"{ctx.cfg.run.name}-stage1", ledger=ledger)
+        result = run_stage1(ctx.cfg, ctx.stage_inputs(), name=f"{ctx.cfg.run.name}-stage1", ledger=ledger)
     if result.error:
         raise RuntimeError(f"stage 1 failed: {result.error}")
     # What the train stream read to the end, over all epochs: good samples, skips by reason, failed shards.

@@ -57,9 +57,9 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
     cfg, manifest, space, timer, run_dir = ctx.cfg, ctx.manifest, ctx.space, ctx.timer, ctx.run_dir
     with timer("ray"):
         print(f"[uniproto] {init_ray(cfg)}", flush=True)
-    shared = ctx.shared()
+    inputs = ctx.stage_inputs()
     with timer("geometry before stage 1"):
-        before = geometry_before(cfg, shared)
+        before = geometry_before(cfg, inputs)
         g = before["summary"]
         print(
             f"[uniproto] class centroids before stage 1: head-tail distance {fmt(g['head_tail'], 3)}, "
@@ -72,7 +72,7 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
             f"{cfg.sweep.scheduler} scheduler): stage 1 + stage 2 per trial",
             flush=True,
         )
-        out = run_sweep(cfg, space, shared, run_dir)
+        out = run_sweep(cfg, space, inputs, run_dir)
     trials, info = out["trials"], out["sweep"]
     ok = [t for t in trials if t["status"] == "completed"]
     if not ok:

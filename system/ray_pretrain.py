@@ -25,7 +25,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from system.checkpoint import META_FILE, MODEL_FILE, weights_only_loads
 from system.config import Config, config_from_dict
-from system.data.dataset_dir import Manifest
 from system.ds_config import deepspeed_config, skip_single_rank_allreduce, warmup_cosine
 from system.heads import ClassMeanAccumulator, leave_one_out_class_mean_predictions
 from system.losses import Stage1Loss
@@ -43,6 +42,7 @@ from system.stage1_step import (
     configure_device_math,
     module_of,
 )
+from system.stage_inputs import StageInputs
 from system.stream_cursor import STREAM_FILE, ResumableTrainStream, StreamCursor, StreamState
 
 
@@ -499,36 +499,39 @@ def build_trainer(
     )
 
 
-def run_stage1(cfg: Config, shared: dict[str, Any], name: str, callbacks: list | None = None, ledger=None):
+def run_stage1(cfg: Config, inputs: StageInputs, name: str, callbacks: list | None = None, ledger=None):
     """Fit stage 1 and return the Ray Train Result (its checkpoint holds model.pt). With a `ledger`
     (system.ray_reader.new_ledger), the train stream's skip counts are recorded in it."""
     configure_data_context(cfg)
-    manifest: Manifest = shared["manifest"]
+    manifest = inputs.manifest
     # resampling keeps the epoch size in expectation
     schedule = stage1_schedule(cfg.train, int(sum(manifest.train_counts)))
     if ledger is None:
         from system.ray_reader import new_ledger
 
         ledger = new_ledger()  # the stream cursor needs each shard's row count
-    paths, pools = shared["paths"]["train"], shared["pools"]
+    paths, pools = inputs.paths["train"], inputs.pools
 
     def stream(resume: StreamState | None):
+        # Train calls this in its controller process, whose DataContext is Ray's default: the dataset takes
+        # a copy of the current one when it is built (no-progress timeout, progress bars)
+        configure_data_context(cfg)
         return train_dataset(cfg, schedule, manifest, paths, pools, ledger=ledger, resume=resume)
 
-    storage = shared["storage_path"]
+    storage = inputs.storage_path
     storage = os.path.abspath(storage) if "://" not in storage else storage
     ds = ResumableTrainStream(stream, storage, name)
     probe = None
     if cfg.eval.stage1_val_samples:
         split = cfg.eval.select_split
-        probe = val_probe(cfg, manifest, shared["paths"][split], split)
+        probe = val_probe(cfg, manifest, inputs.paths[split], split)
     trainer = build_trainer(
         cfg,
         ds,
-        shared["prototypes"],
+        inputs.prototypes,
         schedule,
         name=name,
-        storage_path=shared["storage_path"],
+        storage_path=inputs.storage_path,
         callbacks=callbacks,
         probe=probe,
         class_names=manifest.class_names,

@@ -28,7 +28,6 @@ from ray import tune
 
 from system.checkpoint import MODEL_FILE
 from system.config import Config, ConfigError, config_from_dict
-from system.data.dataset_dir import Manifest
 from system.diagnostics import centroid_geometry_from_sums, geometry_summary
 from system.finetune import (
     BranchLogits,
@@ -50,6 +49,7 @@ from system.ray_pretrain import run_stage1
 from system.ray_reader import ledger_summary, new_ledger
 from system.schedule import stage1_schedule
 from system.spaces import Space, split_space
+from system.stage_inputs import StageInputs
 
 LOGITS_FILE = "logits.npz"
 TRIAL_FILE = "trial.json"
@@ -58,12 +58,11 @@ FINGERPRINT_FILE = "sweep_fingerprint.json"
 
 
 def run_stage2(
-    cfg: Config, shared: dict[str, Any], weights: str, out_dir: Path, lambda_spec: tuple | None = None
+    cfg: Config, inputs: StageInputs, weights: str, out_dir: Path, lambda_spec: tuple | None = None
 ) -> dict[str, Any]:
     """Features of train/select/report splits, head + class-mean prototypes, lambda curve on the select split."""
     configure_data_context(cfg)
-    manifest: Manifest = shared["manifest"]
-    paths = shared["paths"]
+    manifest, paths = inputs.manifest, inputs.paths
     # One ledger per split: stage 2 reads every sample of each split exactly once, so these are the run's data
     # counts (good samples, skips by reason, failed shards) per split.
     sel, rep = cfg.eval.select_split, cfg.eval.report_split
@@ -158,18 +157,18 @@ def run_stage2(
     }
 
 
-def geometry_before(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
+def geometry_before(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
     """Class-centroid geometry of the train split under the model stage 1 starts from (same seed, same
     initial or pretrained weights), for the before/after comparison."""
     from system.models import create_clip, embed_dim
 
     configure_data_context(cfg)
-    manifest: Manifest = shared["manifest"]
+    manifest = inputs.manifest
     torch.manual_seed(cfg.run.seed)  # the train loop seeds the same way before building the model
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / MODEL_FILE)
-        train = feature_dataset(cfg, manifest, shared["paths"]["train"], str(Path(tmp) / MODEL_FILE))
+        train = feature_dataset(cfg, manifest, inputs.paths["train"], str(Path(tmp) / MODEL_FILE))
         sums = class_sums(train, manifest.num_classes, embed_dim(model))
     g = centroid_geometry_from_sums(
         sums, manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
@@ -177,36 +176,35 @@ def geometry_before(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
     return {"summary": geometry_summary(g), "nearest": g["nearest"]}
 
 
-def seed_prototypes(cfg: Config, shared: dict[str, Any]) -> dict[str, Any]:
-    """`shared` with the prototypes of cfg.run.seed: a sweep over run.seed (the ablation's seeds) varies the
+def seed_prototypes(cfg: Config, inputs: StageInputs) -> StageInputs:
+    """`inputs` with the prototypes of cfg.run.seed: a sweep over run.seed (the ablation's seeds) varies the
     code and its assignment as separate runs would, instead of every seed sharing the base seed's."""
-    if shared.get("prototype_seed", cfg.run.seed) == cfg.run.seed:
-        return shared
+    if inputs.prototype_seed in (None, cfg.run.seed):
+        return inputs
     from system.class_prototypes import make_class_prototypes
 
-    manifest: Manifest = shared["manifest"]
-    prototypes, stats = make_class_prototypes(cfg, manifest.class_names, save=False)
-    return {**shared, "prototypes": prototypes, "prototype_stats": stats, "prototype_seed": cfg.run.seed}
+    prototypes, stats = make_class_prototypes(cfg, inputs.manifest.class_names, save=False)
+    return inputs.replace(prototypes=prototypes, prototype_stats=stats, prototype_seed=cfg.run.seed)
 
 
-def trial(params: dict[str, Any], base: dict[str, Any], shared: dict[str, Any]) -> None:
+def trial(params: dict[str, Any], base: dict[str, Any], inputs: StageInputs) -> None:
     """One Tune trial. `params` maps dotted config keys to this trial's values."""
     cfg = config_from_dict(base, params)
     trial_id = tune.get_context().get_trial_id()
     t0 = time.perf_counter()
-    shared = seed_prototypes(cfg, shared)
+    inputs = seed_prototypes(cfg, inputs)
     # The Train run's name comes from the trial id, so a restored trial resumes its own stage-1 checkpoints.
-    result = run_stage1(cfg, shared, name=f"{cfg.run.name}-stage1-{trial_id}", callbacks=[EpochReports()])
+    result = run_stage1(cfg, inputs, name=f"{cfg.run.name}-stage1-{trial_id}", callbacks=[EpochReports()])
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         with result.checkpoint.as_directory() as ckpt:
             weights = Path(tmp) / MODEL_FILE
             shutil.copy(Path(ckpt) / MODEL_FILE, weights)
         out = Path(tmp) / "stage2"
-        metrics = run_stage2(cfg, shared, str(weights), out, shared.get("lambda_spec"))
+        metrics = run_stage2(cfg, inputs, str(weights), out, inputs.lambda_spec)
         metrics.update(stage1_s=t1 - t0, stage2_s=time.perf_counter() - t1, params=params, trial_id=trial_id)
         metrics["prototypes"] = {
-            k: v for k, v in shared.get("prototype_stats", {}).items() if isinstance(v, (int, float, str))
+            k: v for k, v in inputs.prototype_stats.items() if isinstance(v, (int, float, str))
         }
         metrics.update({f"final_{k}": v for k, v in result.metrics.items() if isinstance(v, (int, float))})
         metrics[METRIC] = metrics["val_top1"]
@@ -356,21 +354,21 @@ def _trial_dirname(t) -> str:
     return f"trial-{t.trial_id}"
 
 
-def run_sweep(cfg: Config, space: Space, shared: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run_sweep(cfg: Config, space: Space, inputs: StageInputs, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) the sweep. Returns {"trials": one record per trial, "sweep": how it ran}."""
     import ray
 
     tuned, eval_only = split_space(space)
-    shared = dict(shared, lambda_spec=eval_only.get("finetune.blend_weight"))
-    trainable = tune.with_parameters(trial, base=cfg.to_dict(), shared=shared)
+    inputs = inputs.replace(lambda_spec=eval_only.get("finetune.blend_weight"))
+    trainable = tune.with_parameters(trial, base=cfg.to_dict(), inputs=inputs)
     # The trial function coordinates its Train run and then fits stage 2 on the features: a sliver of a CPU
     # reserved (Tune refuses an all-zero request), so it lands on a worker node, never on a 0-CPU head.
     trainable = tune.with_resources(trainable, {"cpu": 0.01})
     concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), autoscaler_max_resources())
     # Tune's iterations: one per stage-1 report (the base config's schedule: under train.epochs a space that
     # varies the batch changes a trial's count), +1 for the stage-2 report
-    reports = stage1_schedule(cfg.train, int(sum(shared["manifest"].train_counts))).reports
-    storage = shared["storage_path"]
+    reports = stage1_schedule(cfg.train, int(sum(inputs.manifest.train_counts))).reports
+    storage = inputs.storage_path
     storage = os.path.abspath(storage) if "://" not in storage else storage
     name = f"{cfg.run.name}-sweep"
     exp_path = f"{storage.rstrip('/')}/{name}"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.bench.shards import render_photo
 from system.config import ConfigError, config_from_dict
 from system.data.augment import Augment, crop_box, decode_image, row_rng
-from system.data.bench_shards import render_photo
 from system.data.decode import decode_batch
 from system.ray_data import train_augment
 

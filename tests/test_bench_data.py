@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.bench.data import cpu_delta, main, memory_scaling, resolve, steady_state
 from system import bench_data
-from system.bench_data import cpu_delta, main, memory_scaling, resolve, steady_state
 from system.data.dataset_dir import iter_shard_samples, load_manifest
 
 

@@ -1,6 +1,6 @@
 """The GPU check's pure parts (FLOPs and MFU, nvidia-smi parsing, the JSON, argument refusals), the wheel
 bundle's planner, splitter and slimmer on fake files, and one bare DeepSpeed-engine run on the CPU. Nothing
-here starts Ray or the peer: `python -m pipelines.bench_gpu --smoke` runs those."""
+here starts Ray or the peer: `python -m pipelines.bench.gpu --smoke` runs those."""
 
 import json
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.bench_gpu import assemble, parse_args
+from pipelines.bench.gpu import assemble, parse_args
+from pipelines.bench.gpu_parts import gpu_stats, mfu, parse_smi_csv, train_flops_per_sample
 from pipelines.gpu_bundle import pinned_versions, plan_calls, slim_wheel, split_file
-from system.bench_gpu import gpu_stats, mfu, parse_smi_csv, train_flops_per_sample
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def test_bare_deepspeed_engine_smoke_on_cpu():
               "num_classes": 4, "precision": "bf16", "device": "cpu", "zero_stage": 0}  # fmt: skip
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
     r = subprocess.run(
-        [sys.executable, "-m", "system.bench_gpu", "_bare", json.dumps(kwargs)],
+        [sys.executable, "-m", "pipelines.bench.gpu_parts", "_bare", json.dumps(kwargs)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=110,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from system import bench_peer
-from system.bench_peer import PeerRun, parse_peer_log, peer_command, peer_throughput
+from pipelines.bench import peer as bench_peer
+from pipelines.bench.peer import PeerRun, parse_peer_log, peer_command, peer_throughput
 
 # Real output of open_clip_train 3.3.0 (uniproto-tiny-rn, 32 px, batch 128, 1 loader worker, CPU, loaded machine).
 PEER_LOG = """\
@@ -102,7 +102,7 @@ def test_ensure_peer_env_builds_webdataset_0_2_86(tmp_path):
 
 
 def test_ours_throughput_uses_epochs_after_the_first():
-    from system.bench_train import ours_throughput
+    from pipelines.bench.train import ours_throughput
 
     reports = [
         {"kind": "epoch", "epoch": 1, "samples": 1536, "epoch_s": 30.0, "data_wait_fraction": 0.5},
@@ -119,7 +119,7 @@ def test_ours_throughput_uses_epochs_after_the_first():
 
 
 def test_ours_overrides_keep_text_filter_and_prototype_loss_on(tmp_path):
-    from system.bench_train import ours_overrides
+    from pipelines.bench.train import ours_overrides
     from system.config import load_config
 
     sets = ours_overrides("/data", tmp_path, "uniproto-tiny-rn", 32, 128, 2, 3, 2)
@@ -137,7 +137,7 @@ def test_ours_overrides_keep_text_filter_and_prototype_loss_on(tmp_path):
 
 
 def test_bare_loop_trains_a_few_steps():
-    from system.bench_train import bare_loop
+    from pipelines.bench.train import bare_loop
 
     r = bare_loop("uniproto-tiny-rn", 32, batch=8, steps=2, warmup=1, num_classes=4, threads=1)
     assert r["steps"] == 2 and r["threads"] == 1
@@ -145,7 +145,7 @@ def test_bare_loop_trains_a_few_steps():
 
 
 def test_runs_summary_is_the_mean_with_its_spread():
-    from system.bench_train import runs_summary
+    from pipelines.bench.train import runs_summary
 
     r = runs_summary([800.0, 700.0])
     assert r["mean"] == pytest.approx(750.0)
@@ -157,7 +157,7 @@ def test_runs_summary_is_the_mean_with_its_spread():
 
 
 def test_idle_actor_cost_is_the_slowdown_of_the_means_in_all_and_per_actor():
-    from system.bench_train import idle_actor_cost, parse_args
+    from pipelines.bench.train import idle_actor_cost, parse_args
 
     r = idle_actor_cost([800.0, 700.0], [660.0, 690.0], actors=10)
     assert r["without"] == 750.0 and r["with"] == 675.0
@@ -170,7 +170,7 @@ def test_idle_actor_cost_is_the_slowdown_of_the_means_in_all_and_per_actor():
 
 
 def test_bare_step_alternates_two_batches_and_trains():
-    from system.bench_train import bare_step
+    from pipelines.bench.train import bare_step
 
     step = bare_step("uniproto-tiny-rn", 32, 8, 5, seed=0)
     losses = [float(step().detach()) for _ in range(6)]
@@ -179,7 +179,7 @@ def test_bare_step_alternates_two_batches_and_trains():
 
 
 def test_benchmark_args_pass_our_overrides_and_refuse_zero_bare_runs():
-    from system.bench_train import parse_args
+    from pipelines.bench.train import parse_args
 
     a = parse_args(["--set", "data.shuffle_buffer=0", "--set", "train.grad_accum=2"])
     assert a.sets == ["data.shuffle_buffer=0", "train.grad_accum=2"] and a.bare_repeats == 2
@@ -188,7 +188,7 @@ def test_benchmark_args_pass_our_overrides_and_refuse_zero_bare_runs():
 
 
 def test_raw_shard_spec_gets_a_scanned_manifest(tiny_dataset, tmp_path):
-    from system.bench_train import resolve_shards
+    from pipelines.bench.train import resolve_shards
     from system.data.dataset_dir import load_manifest
 
     src = load_manifest(tiny_dataset)
@@ -244,7 +244,7 @@ def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
 
 
 def test_process_roles_from_titles():
-    from system.bench_train import process_role
+    from pipelines.bench.train import process_role
 
     assert process_role("python", is_root=True) == "driver"
     assert process_role("ray::RayTrainWorker.run_train_fn", False) == "train_worker"
@@ -311,7 +311,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
 
 
 def test_cores_by_role_over_a_window():
-    from system.bench_train import cores_by_role
+    from pipelines.bench.train import cores_by_role
 
     timeline = [
         (10.0, {"driver": 1.0}, 3),
@@ -341,7 +341,7 @@ def test_idle_child_runs_the_loop_without_and_with_idle_actors():
     repo = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "system.bench_train", "_idle", "--arch", "uniproto-tiny-rn", "--image-size", "32",
+    cmd = [sys.executable, "-m", "pipelines.bench.train", "_idle", "--arch", "uniproto-tiny-rn", "--image-size", "32",
            "--batch", "8", "--steps", "2", "--warmup", "1", "--classes", "5", "--threads", "1",
            "--actors", "2", "--rounds", "2"]  # fmt: skip
     r = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=230)
@@ -356,7 +356,7 @@ def test_idle_child_runs_the_loop_without_and_with_idle_actors():
 
 
 def test_ab_summary_means_ratio_and_rounds():
-    from system.bench_train import ab_summary
+    from pipelines.bench.train import ab_summary
 
     s = ab_summary([400.0, 500.0], [440.0, 450.0])
     assert s["a"] == 450.0 and s["b"] == 445.0
@@ -368,7 +368,7 @@ def test_ab_summary_means_ratio_and_rounds():
 
 
 def test_ab_args_are_checked_before_any_run(capsys):
-    from system.bench_train import parse_args
+    from pipelines.bench.train import parse_args
 
     a = parse_args(["--only", "ours", "--ab", "data.shuffle_buffer=0", "--ab", "data.prefetch_batches=2"])
     assert a.ab == ["data.shuffle_buffer=0", "data.prefetch_batches=2"] and a.ab_rounds == 2
@@ -389,7 +389,7 @@ def test_ab_runs_alternate_and_only_b_gets_the_overrides(tiny_dataset, tmp_path,
     """The A/B orchestration with the child runs replaced by a stand-in that writes their reports (the real
     child is run by the test below and by test_benchmark_last_line_is_json): order A B B A, B's overrides
     after the shared --set, figures from each run's own reports."""
-    import system.bench_train as bt
+    import pipelines.bench.train as bt
 
     calls = []
 

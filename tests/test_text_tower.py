@@ -149,6 +149,7 @@ def test_class_prototypes_aligned_to_minilm_names():
 
 def test_seeds_draw_their_own_prototypes():
     from system.ray_sweep import seed_prototypes
+    from system.stage_inputs import StageInputs
 
     names = [
         f"class {i}" for i in range(300)
@@ -158,12 +159,19 @@ def test_seeds_draw_their_own_prototypes():
     class Manifest:
         class_names = names
 
-    shared = {"manifest": Manifest(), "prototypes": np.zeros((300, 128), np.float32), "prototype_seed": 0}
-    assert seed_prototypes(base, shared) is shared
-    other = seed_prototypes(config_from_dict({"run": {"seed": 1}}), shared)
-    assert other["prototype_seed"] == 1 and other["prototypes"].shape == (300, 128)
-    assert not np.array_equal(other["prototypes"], shared["prototypes"])
-    np.testing.assert_allclose(np.linalg.norm(other["prototypes"], axis=1), 1.0, atol=1e-5)
+    inputs = StageInputs(
+        manifest=Manifest(),
+        paths={},
+        storage_path="unused",
+        prototypes=np.zeros((300, 128), np.float32),
+        prototype_seed=0,
+    )
+    assert seed_prototypes(base, inputs) is inputs
+    other = seed_prototypes(config_from_dict({"run": {"seed": 1}}), inputs)
+    assert other.prototype_seed == 1 and other.prototypes.shape == (300, 128)
+    assert not np.array_equal(other.prototypes, inputs.prototypes)
+    np.testing.assert_allclose(np.linalg.norm(other.prototypes, axis=1), 1.0, atol=1e-5)
+    assert other.paths is inputs.paths  # everything else is the same
 
 
 def test_locked_tower_caches_pooled_text_exactly():

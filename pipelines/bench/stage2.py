@@ -1,6 +1,6 @@
 """`uniproto benchmark stage2`: the stage-2 feature pass's speed, and the driver's memory at 1x and Kx rows.
 
-    python -m pipelines.bench_stage2 --config pipelines/configs/demo.yaml [--scale 10] [--set key=value ...]
+    python -m pipelines.bench.stage2 --config pipelines/configs/demo.yaml [--scale 10] [--set key=value ...]
 
 On the config's dataset (`data.root`) and architecture, with freshly initialised weights (speed and memory do not
 depend on what the weights learned), the train split is read at 1x and at `--scale` times its shard list:

@@ -22,7 +22,7 @@ process tree confined to the same N cores (CPU affinity):
   busy loader process stalls at every barrier (measured: the peer's backward spent most of its time in
   libgomp waits with 2 threads + 1 loader on 2 cores). --batch-size is our global batch (micro batch x Train
   workers). It runs in a cached venv with webdataset==0.2.86
-  (system.bench_peer).
+  (pipelines.bench.peer).
 * **bare**: one process, N torch threads, the same model (`create_clip`), the same loss (`Stage1Loss` with the
   same number of prototypes) and the same AdamW (`system.optim.build_adamw`) with gradient clipping, on
   pre-decoded in-memory batches: no data loading, no Ray, no DeepSpeed. The ceiling for this model on these
@@ -75,7 +75,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from system.bench_peer import (
+from pipelines.bench.peer import (
     PeerRun,
     ensure_peer_env,
     parse_peer_log,
@@ -390,8 +390,8 @@ def _ours_child(argv: list[str]) -> int:
 
     original = rp.run_stage1
 
-    def run_stage1(cfg, shared, name, callbacks=None, **kwargs):
-        return original(cfg, shared, name, callbacks=[*(callbacks or []), _recorder(record_path)], **kwargs)
+    def run_stage1(cfg, inputs, name, callbacks=None, **kwargs):
+        return original(cfg, inputs, name, callbacks=[*(callbacks or []), _recorder(record_path)], **kwargs)
 
     rp.run_stage1 = run_stage1
     out = importlib.import_module(stage1).main(rest)
@@ -454,7 +454,7 @@ def bare_step(
     """One training step of the bare loop as a function (returns the loss tensor): the same model, loss, step
     (`Stage1Step`, logit-scale clamp included) and AdamW as ours, on two pre-decoded in-memory batches taken in
     turn (no data loading inside the step). `wrap(model, optimizer)`, when given, returns a DeepSpeed engine that
-    then runs the forward, backward, clipping and step (system.bench_gpu)."""
+    then runs the forward, backward, clipping and step (pipelines.bench.gpu_parts)."""
     import torch
 
     from system.class_prototypes import arch_embed_dim
@@ -838,7 +838,7 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
 
     def run_bare() -> None:
         i = len(bare_runs)
-        cmd = [sys.executable, "-m", "system.bench_train", "_bare", *loop_args]
+        cmd = [sys.executable, "-m", "pipelines.bench.train", "_bare", *loop_args]
         usage = run_tree(cmd, base_env(n), cpus, work / f"bare-{i}.log", a.verbose)
         bare = _last_json((work / f"bare-{i}.log").read_text(), "[bench] bare ")
         bare_runs.append({**bare, **usage, "load": load_average()})
@@ -850,7 +850,7 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
 
     if "floor" in which:
         out = work / "floor.json"
-        cmd = [sys.executable, "-m", "system.bench_train", "_floor", *loop_args, "--out", str(out)]
+        cmd = [sys.executable, "-m", "pipelines.bench.train", "_floor", *loop_args, "--out", str(out)]
         usage = run_tree(cmd, base_env(None), cpus, work / "floor.log", a.verbose)
         floor = json.loads(out.read_text())
         result["floor"] = round(floor["samples_per_s"], 2)
@@ -860,7 +860,7 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
         say(f"[bench] floor's {role_line(usage)}")
 
     if "idle" in which:
-        cmd = [sys.executable, "-m", "system.bench_train", "_idle", *loop_args,
+        cmd = [sys.executable, "-m", "pipelines.bench.train", "_idle", *loop_args,
                "--actors", str(a.idle_actors), "--rounds", str(2 * a.bare_repeats)]  # fmt: skip
         usage = run_tree(cmd, base_env(n), cpus, work / "idle.log", a.verbose)
         idle = _last_json((work / "idle.log").read_text(), "[bench] idle ")
@@ -905,7 +905,7 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
             zero_stage=a.zero_stage, fused=not a.unfused_adamw,
         )  # fmt: skip
         sets += [x for kv in [*a.sets, *extra] for x in ("--set", kv)]
-        cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), stage1, *sets]
+        cmd = [sys.executable, "-m", "pipelines.bench.train", "_ours", str(record), stage1, *sets]
         timeline: list = []
         usage = run_tree(cmd, base_env(None), cpus, work / f"{name}.log", a.verbose, timeline)
         reports = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]

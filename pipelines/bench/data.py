@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from system.bench_train import (
+from pipelines.bench.train import (
     base_env,
     cpu_set,
     load_average,
@@ -71,7 +71,7 @@ RESULT_PREFIX = "[bench] data "
 def resolve(spec: str, workdir: Path) -> tuple[str, list[str], int]:
     """(dataset root, train shard URLs, train samples) of a shard spec (system.data.shard_spec: a dataset
     directory, a folder, a brace pattern, a glob, local or object store). Raw local shards get a train-only
-    manifest in `workdir`, with the classes read from their .json members (system.bench_train)."""
+    manifest in `workdir`, with the classes read from their .json members (pipelines.bench.train)."""
     from system.data.dataset_dir import DatasetError, load_manifest
     from system.data.shard_spec import resolve_shards
     from system.data.stores import is_url
@@ -336,7 +336,7 @@ def _overrides(sets: list[str]) -> dict[str, Any]:
 
 
 def make_shards(a: argparse.Namespace, say=print) -> dict[str, Any]:
-    from system.data.bench_shards import make_bench_shards
+    from pipelines.bench.shards import make_bench_shards
 
     lo, hi = (int(x) for x in a.sizes.split(","))
     t0 = time.perf_counter()
@@ -354,7 +354,7 @@ def make_shards(a: argparse.Namespace, say=print) -> dict[str, Any]:
 
 
 def _run(which: str, spec: dict[str, Any], cpus: list[int], work: Path, tag: str, verbose: bool) -> dict:
-    cmd = [sys.executable, "-m", "system.bench_data", "_child", which, json.dumps(spec)]
+    cmd = [sys.executable, "-m", "pipelines.bench.data", "_child", which, json.dumps(spec)]
     log = work / f"{tag}.log"
     load = load_average()
     usage = run_tree(cmd, base_env(1), cpus, log, verbose)

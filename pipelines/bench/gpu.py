@@ -1,6 +1,6 @@
 """`uniproto benchmark gpu` (`make gpu-check`): the one-GPU check as one JSON line, in 8 minutes on an H200.
 
-    python -m pipelines.bench_gpu [--only bare,peer,ours,resume] [--workdir DIR] [--out FILE] [--smoke]
+    python -m pipelines.bench.gpu [--only bare,peer,ours,resume] [--workdir DIR] [--out FILE] [--smoke]
 
 Parts, each its own process with its own timeout (a failure or timeout is recorded in the JSON as `error`, and
 the next part still runs), within one overall budget (`--budget-s`, default 480 s):
@@ -8,7 +8,7 @@ the next part still runs), within one overall budget (`--budget-s`, default 480 
 * **env**: torch and CUDA versions, the GPU and its driver, the bundled packages' versions.
 * **dataset**: the demo's long-tailed dataset rendered at `--image-size` by every core (`make-demo-data
   --workers`): 50 classes, 500 -> 50 train images per class (9,850), in shards of 100.
-* **bare**: `bench_train.bare_step` in a real DeepSpeed engine (ZeRO `--zero-stage`, bf16 autocast over fp32
+* **bare**: `pipelines.bench.train.bare_step` in a real DeepSpeed engine (ZeRO `--zero-stage`, bf16 autocast over fp32
   master weights through `Stage1Step`), one process, no Ray, no data loading: samples/s after `--warmup`
   steps, and the peak memory torch allocated.
 * **peer**: open_clip's own trainer (`open_clip_train`, amp_bf16 = the same autocast) on the same shards,
@@ -20,7 +20,7 @@ the next part still runs), within one overall budget (`--budget-s`, default 480 
   (`resumed_from_step` > 0) and finish.
 
 GPU utilisation and memory in use are sampled with nvidia-smi every second during each part (utilisation over
-the measured steps where the part says when they ran); MFU as in system.bench_gpu; `ratio` = ours / peer.
+the measured steps where the part says when they ran); MFU as in pipelines.bench.gpu_parts; `ratio` = ours / peer.
 Goals: ratio >= 1, ours' data-wait < 2%, resume ok. On a machine without a GPU every GPU figure is null:
 `--smoke` runs the whole orchestration on the CPU with the tiny architecture at 32 px in a few minutes.
 
@@ -39,7 +39,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from system.bench_gpu import H200_BF16_FLOPS, gpu_stats, last_json, mfu, run_part, train_flops_per_sample
+from pipelines.bench.gpu_parts import (
+    H200_BF16_FLOPS,
+    gpu_stats,
+    last_json,
+    mfu,
+    run_part,
+    train_flops_per_sample,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("bare", "peer", "ours", "resume")
@@ -61,7 +68,7 @@ SMOKE_PRESET: dict[str, Any] = {
     "precision": "bf16", "device": "cpu", "classes": 6, "n_max": 60, "samples_per_shard": 16,
     "budget_s": 1500.0,
     "budgets": {"env": 120, "dataset": 120, "bare": 240, "peer": 300, "ours": 420, "resume": 300},
-    # 2 cores: the demo's convention (the 2-core hang of docs/stack-notes.md), as bench_train.ours_overrides sets it
+    # 2 cores: the demo's convention (the 2-core hang of docs/stack-notes.md), as pipelines.bench.train.ours_overrides sets it
     "ours_sets": [], "ray_cpus_per_core": 2,
 }  # fmt: skip
 MIN_PART_S = 20.0  # a part is skipped when less than this is left of the budget
@@ -96,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--peer-site",
         help="a folder holding webdataset 0.2.86, first on the peer's path (offline); default: the cached "
-        "peer venv (system.bench_peer, built with pip)",
+        "peer venv (pipelines.bench.peer, built with pip)",
     )
     p.add_argument(
         "--ours-set", action="append", default=[], metavar="KEY=VALUE", help="extra config for ours"
@@ -145,7 +152,7 @@ def say(msg: str) -> None:
 
 
 def part_env(threads: int | None, device: str, peer_site: str | None = None) -> dict[str, str]:
-    from system.bench_train import base_env
+    from pipelines.bench.train import base_env
 
     env = base_env(threads)
     env.update(PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
@@ -187,7 +194,7 @@ class Check:
 
     def env(self) -> dict[str, Any]:
         run = self.run(
-            "env", [sys.executable, "-m", "system.bench_gpu", "_env"], part_env(None, self.a.device)
+            "env", [sys.executable, "-m", "pipelines.bench.gpu_parts", "_env"], part_env(None, self.a.device)
         )
         part = self.parts.pop("env")
         try:
@@ -207,7 +214,7 @@ class Check:
             run = self.run("dataset", cmd, part_env(1, a.device))
             if run is None or run.error:
                 return
-        from system.bench_train import resolve_shards
+        from pipelines.bench.train import resolve_shards
 
         self.data = resolve_shards(str(root), self.work)
         part = self.parts.setdefault("dataset", {})
@@ -220,15 +227,21 @@ class Check:
         kwargs = {"arch": a.arch, "image_size": a.image_size, "batch": a.batch, "steps": a.steps,
                   "warmup": a.warmup, "num_classes": a.classes, "precision": a.precision,
                   "device": a.device, "zero_stage": a.zero_stage}  # fmt: skip
-        cmd = [sys.executable, "-m", "system.bench_gpu", "_bare", json.dumps(kwargs)]
+        cmd = [sys.executable, "-m", "pipelines.bench.gpu_parts", "_bare", json.dumps(kwargs)]
         run = self.run("bare", cmd, part_env(self.cores, a.device))
         if run and not run.error:
             r = last_json(run.log, "[gpu-check] bare ")
             self.record("bare", run, r, (r.pop("t_start"), r.pop("t_end")))
 
     def peer(self) -> None:
-        from system.bench_peer import PeerRun, ensure_peer_env, parse_peer_log, peer_command, peer_throughput
-        from system.bench_train import CONFIGS_DIR
+        from pipelines.bench.peer import (
+            PeerRun,
+            ensure_peer_env,
+            parse_peer_log,
+            peer_command,
+            peer_throughput,
+        )
+        from pipelines.bench.train import CONFIGS_DIR
 
         a = self.a
         _, shards, samples = self.data
@@ -249,7 +262,7 @@ class Check:
             self.record("peer", run, figures, peer_window(text))
 
     def ours(self, name: str = "ours") -> None:
-        from system.bench_train import ours_overrides, ours_throughput
+        from pipelines.bench.train import ours_overrides, ours_throughput
 
         a = self.a
         epochs = a.epochs + (name == "resume")
@@ -264,7 +277,15 @@ class Check:
                  f"ray.num_cpus={a.ray_cpus_per_core * self.cores}", "ray.no_progress_timeout_s=60",
                  *a.ours_sets]  # fmt: skip
         sets += [x for kv in extra for x in ("--set", kv)]
-        cmd = [sys.executable, "-m", "system.bench_train", "_ours", str(record), "pipelines.pretrain", *sets]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipelines.bench.train",
+            "_ours",
+            str(record),
+            "pipelines.pretrain",
+            *sets,
+        ]
         run = self.run(name, cmd, part_env(None, a.device))
         reports = (
             [json.loads(x) for x in record.read_text().splitlines() if x.strip()] if record.exists() else []

@@ -1,4 +1,4 @@
-"""The pieces of `uniproto benchmark gpu` (pipelines.bench_gpu): model FLOPs and utilisation, the nvidia-smi
+"""The pieces of `uniproto benchmark gpu` (pipelines.bench.gpu): model FLOPs and utilisation, the nvidia-smi
 sampler, one part as a subprocess with a timeout, and the children: environment facts and the bare DeepSpeed
 loop.
 
@@ -237,12 +237,12 @@ def bare_engine_loop(
     device: str,
     zero_stage: int,
 ) -> dict[str, Any]:
-    """`bench_train.bare_step` inside a real DeepSpeed engine (one process, world size 1, no Ray, no data
+    """`pipelines.bench.train.bare_step` inside a real DeepSpeed engine (one process, world size 1, no Ray, no data
     loading): samples/s over `steps` after `warmup`, and the peak memory torch allocated on the GPU."""
     import deepspeed
     import torch
 
-    from system.bench_train import bare_step
+    from pipelines.bench.train import bare_step
     from system.config import OptimSection, TrainSection
     from system.ds_config import deepspeed_config, skip_single_rank_allreduce
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = json.loads(argv[1])
         print("[gpu-check] bare " + json.dumps(bare_engine_loop(**kwargs)), flush=True)
         return 0
-    print("usage: python -m system.bench_gpu {_env | _bare JSON}", file=sys.stderr)
+    print("usage: python -m pipelines.bench.gpu_parts {_env | _bare JSON}", file=sys.stderr)
     return 2
 
 
