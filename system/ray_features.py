@@ -93,15 +93,33 @@ class FeatureEncoder:
         with torch.inference_mode(), autocast(self.precision, self.device):
             x = self.preprocess(torch.from_numpy(images).to(self.device, non_blocking=True))  # [N, 3, S, S]
             f = self.model.encode_image(x, normalize=True)  # [N, d]
-        return {"feature": f.float().cpu().numpy(), "label": batch["label"]}
+        out = {"feature": f.float().cpu().numpy(), "label": batch["label"]}
+        if "shard" in batch:  # the row's shard position: which split it belongs to (`SplitFeatures`)
+            out["shard"] = batch["shard"]
+        return out
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """Several splits' features in one dataset, from one pass of one encoder pool (one model load per actor,
+    not one per split). Each split's shards are read at their own range of shard positions, which every row
+    carries (`shard`), so a consumer keeps a split's rows by range instead of re-reading or filtering it."""
+
+    ds: ray.data.Dataset  # rows {feature [d] float32, label, shard}
+    ranges: dict[str, tuple[int, int]]  # split -> [first, end) shard positions
 
 
 def feature_dataset(
-    cfg: Config, manifest: Manifest, paths: Sequence[str], weights: str, ledger=None
-) -> ray.data.Dataset:
-    """Rows {feature [d] float32, label} of a split under the stage-1 encoder (no resampling), lazily.
-    `weights` is read (and checked) here, and its tensors reach the actors through the object store: the
-    actors may run on nodes that cannot see this process's files."""
+    cfg: Config,
+    manifest: Manifest,
+    splits: dict[str, Sequence[str]],
+    weights: str,
+    ledgers: dict[str, object] | None = None,
+) -> SplitFeatures:
+    """The features of every split in `splits` (name -> shard paths) under the stage-1 encoder (no
+    resampling), lazily; each split's skip counts go to its ledger in `ledgers`. `weights` is read (and
+    checked) here, and its tensors reach the actors through the object store: the actors may run on nodes
+    that cannot see this process's files."""
     # Imported here, not at the top: the reductions below are pickled by reference to this module, and a
     # fresh worker importing it should not pay for the decode stack (open_clip, the text pools), about 3 s.
     from system.models import create_clip, load_state
@@ -113,7 +131,14 @@ def feature_dataset(
     state = ray.put(model.state_dict())
     del model
     pool = feature_pool(cfg, ray.cluster_resources())
-    return decoded_split(cfg, manifest, paths, ledger=ledger).map_batches(
+    parts, ranges, first = [], {}, 0
+    for name, paths in splits.items():
+        ledger = (ledgers or {}).get(name)
+        parts.append(decoded_split(cfg, manifest, paths, ledger=ledger, first_index=first))
+        ranges[name] = (first, first + len(paths))
+        first += len(paths)
+    decoded = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    ds = decoded.map_batches(
         FeatureEncoder,
         fn_constructor_kwargs={
             "arch": cfg.model.arch,
@@ -128,21 +153,37 @@ def feature_dataset(
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus,
     )
+    return SplitFeatures(ds, ranges)
 
 
-def _class_sum_batch(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
+def _rows(batch: dict[str, np.ndarray], rows: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """The rows of `batch` whose shard position lies in `rows` ([first, end)); all of them when None."""
+    if rows is None:
+        return batch
+    shard = np.asarray(batch["shard"])
+    keep = (shard >= rows[0]) & (shard < rows[1])
+    return {k: np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def _class_sum_batch(
+    batch: dict[str, np.ndarray], num_classes: int, rows: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
+    batch = _rows(batch, rows)
     f = torch.from_numpy(np.require(batch["feature"], requirements=["W"]))  # [B, d]
     y = torch.from_numpy(np.require(batch["label"], requirements=["W"]))  # [B]
     acc = ClassMeanAccumulator(num_classes, f.shape[1]).update(f, y)
     return {"sums": acc.sums.numpy()[None], "counts": acc.counts.numpy()[None]}  # [1, K, d], [1, K]
 
 
-def class_sums(ds: ray.data.Dataset, num_classes: int, dim: int) -> ClassMeanAccumulator:
-    """Per-class sums and counts of the normalised features of `ds`, reduced as they stream in."""
+def class_sums(
+    ds: ray.data.Dataset, num_classes: int, dim: int, rows: tuple[int, int] | None = None
+) -> ClassMeanAccumulator:
+    """Per-class sums and counts of the normalised features of `ds` (the rows of shard positions `rows`, or
+    all), reduced as they stream in."""
     acc = ClassMeanAccumulator(num_classes, dim)
     partial = ds.map_batches(
         _class_sum_batch,
-        fn_kwargs={"num_classes": num_classes},
+        fn_kwargs={"num_classes": num_classes, "rows": rows},
         batch_size=REDUCE_BATCH,
         batch_format="numpy",
     )
@@ -154,23 +195,32 @@ def class_sums(ds: ray.data.Dataset, num_classes: int, dim: int) -> ClassMeanAcc
     return acc
 
 
-def _logit_sum_batch(batch: dict[str, np.ndarray], head: torch.nn.Module) -> dict[str, np.ndarray]:
+def _logit_sum_batch(
+    batch: dict[str, np.ndarray], head: torch.nn.Module, rows: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
+    batch = _rows(batch, rows)
     with torch.inference_mode():
         z = head(torch.from_numpy(np.require(batch["feature"], requirements=["W"])))  # [B, K]
     return {"logit_sum": z.double().sum(dim=0).numpy()[None], "rows": np.array([len(z)])}  # [1, K], [1]
 
 
-def mean_logits(ds: ray.data.Dataset, head: torch.nn.Module) -> np.ndarray:
-    """The head's mean logit per class over `ds` [K] (its positive bias toward frequent classes)."""
+def mean_logits(
+    ds: ray.data.Dataset, head: torch.nn.Module, rows: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The head's mean logit per class [K] over `ds` (the rows of shard positions `rows`, or all): its
+    positive bias toward frequent classes."""
     head = head.eval()
-    total, rows = None, 0
+    total, n = None, 0
     partial = ds.map_batches(
-        _logit_sum_batch, fn_kwargs={"head": head}, batch_size=REDUCE_BATCH, batch_format="numpy"
+        _logit_sum_batch,
+        fn_kwargs={"head": head, "rows": rows},
+        batch_size=REDUCE_BATCH,
+        batch_format="numpy",
     )
     for batch in partial.iter_batches(batch_size=1, batch_format="numpy"):
         total = batch["logit_sum"][0] if total is None else total + batch["logit_sum"][0]
-        rows += int(batch["rows"][0])
-    return (total / rows).astype(np.float32)
+        n += int(batch["rows"][0])
+    return (total / n).astype(np.float32)
 
 
 def _branch_batch(
@@ -179,9 +229,11 @@ def _branch_batch(
     mu: torch.Tensor,
     proto_scale: float,
     adjust: torch.Tensor | None,
+    rows: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     from system.finetune import branch_logits
 
+    batch = _rows(batch, rows)
     # Arrow's buffers are read-only, and torch.from_numpy warns on them
     f = np.require(batch["feature"], dtype=np.float32, requirements=["C", "W"])  # [B, d]
     z = branch_logits(head, mu, f, np.asarray(batch["label"]), proto_scale, adjust)
@@ -194,11 +246,19 @@ def split_logits(
     mu: torch.Tensor,
     proto_scale: float,
     adjust: torch.Tensor | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> BranchLogits:
-    """Both branches' logits of a split, computed beside its features; only the logits reach the driver."""
+    """Both branches' logits of a split (the rows of shard positions `rows`, or all), computed beside its
+    features; only the logits reach the driver."""
     out = ds.map_batches(
         _branch_batch,
-        fn_kwargs={"head": head.eval(), "mu": mu, "proto_scale": proto_scale, "adjust": adjust},
+        fn_kwargs={
+            "head": head.eval(),
+            "mu": mu,
+            "proto_scale": proto_scale,
+            "adjust": adjust,
+            "rows": rows,
+        },
         batch_format="numpy",
     )
     parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
@@ -209,12 +269,16 @@ def split_logits(
     )
 
 
-def gather_features(ds: ray.data.Dataset, max_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Features [N, d] float32 and labels [N] of `ds` in its order, keeping the first `max_per_class` rows of
-    each class when set. Called inside the head-fit task, not on the driver."""
+def gather_features(
+    ds: ray.data.Dataset, max_per_class: int | None = None, rows: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features [N, d] float32 and labels [N] of `ds` (the rows of shard positions `rows`, or all) in its
+    order, keeping the first `max_per_class` rows of each class when set. Called inside the head-fit task,
+    not on the driver."""
     feats, labels = [], []
     seen: np.ndarray | None = None
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batch = _rows(batch, rows)
         f, y = np.asarray(batch["feature"], dtype=np.float32), np.asarray(batch["label"], dtype=np.int64)
         if max_per_class is not None:
             if seen is None:
@@ -245,9 +309,11 @@ def _fit_head_task(
     cfg: FinetuneSection,
     seed: int,
     class_counts: list[int],
+    train_rows: tuple[int, int] | None,
+    select_rows: tuple[int, int] | None,
 ) -> tuple[torch.nn.Module, ProbeFit | None]:
-    x = gather_features(train, cfg.max_per_class)
-    return fit_head(x, gather_features(select), num_classes, cfg, seed, class_counts)
+    x = gather_features(train, cfg.max_per_class, train_rows)
+    return fit_head(x, gather_features(select, rows=select_rows), num_classes, cfg, seed, class_counts)
 
 
 def fit_head_remote(
@@ -257,6 +323,8 @@ def fit_head_remote(
     cfg: FinetuneSection,
     seed: int,
     class_counts: list[int],
+    train_rows: tuple[int, int] | None = None,
+    select_rows: tuple[int, int] | None = None,
 ) -> tuple[torch.nn.Module, ProbeFit | None]:
     """`system.finetune.fit_head` in a Ray task (one CPU on whichever node has it): the train features go to
     that task's memory, never the driver's. `class_counts` are the split's true counts, so a per-class cap
@@ -265,4 +333,4 @@ def fit_head_remote(
 
     # Outside the caller's placement group: a sweep trial holds a 0.01-CPU bundle, which the task cannot fit.
     task = _fit_head_task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    return ray.get(task.remote(train, select, num_classes, cfg, seed, class_counts))
+    return ray.get(task.remote(train, select, num_classes, cfg, seed, class_counts, train_rows, select_rows))

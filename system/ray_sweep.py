@@ -68,20 +68,19 @@ def run_stage2(
     sel, rep = cfg.eval.select_split, cfg.eval.report_split
     ledgers = {split: new_ledger() for split in dict.fromkeys(("train", sel, rep))}
     k = manifest.num_classes
-    # Each split's features are computed once and kept in the object store (spilled to disk when larger):
-    # the driver holds block references, the reductions below stream over them.
-    feats = {
-        split: feature_dataset(cfg, manifest, paths[split], weights, ledger=ledger).materialize()
-        for split, ledger in ledgers.items()
-    }
-    dim = int(np.asarray(feats["train"].take(1)[0]["feature"]).shape[-1])
-    sums = class_sums(feats["train"], k, dim)
+    # Every split's features in one pass of one encoder pool, computed once and kept in the object store
+    # (spilled to disk when larger): the driver holds block references, the reductions below stream over
+    # them, each keeping its split's rows by their shard positions.
+    split_feats = feature_dataset(cfg, manifest, {s: paths[s] for s in ledgers}, weights, ledgers)
+    feats, rows = split_feats.ds.materialize(), split_feats.ranges
+    dim = int(np.asarray(feats.take(1)[0]["feature"]).shape[-1])
+    sums = class_sums(feats, k, dim, rows["train"])
     mu = sums.prototypes()  # [K, d]
     head, probe = fit_head_remote(
-        feats["train"], feats[sel], k, cfg.finetune, cfg.run.seed, list(manifest.train_counts)
+        feats, feats, k, cfg.finetune, cfg.run.seed, list(manifest.train_counts), rows["train"], rows[sel]
     )
     adjust = logit_adjustment(manifest.train_counts, cfg.finetune.logit_adjust_tau)
-    logits = {s: split_logits(feats[s], head, mu, cfg.finetune.proto_scale, adjust) for s in (sel, rep)}
+    logits = {s: split_logits(feats, head, mu, cfg.finetune.proto_scale, adjust, rows[s]) for s in (sel, rep)}
     temperatures: dict[str, float | None] = {"temperature_head": None, "temperature_proto": None}
     if cfg.finetune.calibrate:
         # Fitted on the selection split only; both splits are scaled alike, so the saved logits (and whatever
@@ -119,7 +118,7 @@ def run_stage2(
     geometry = centroid_geometry_from_sums(
         sums, manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
     )
-    bias = {"weight_norm": head_weight_norm(head, k), "mean_logit": mean_logits(feats["train"], head)}
+    bias = {"weight_norm": head_weight_norm(head, k), "mean_logit": mean_logits(feats, head, rows["train"])}
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out_dir / LOGITS_FILE,
@@ -168,8 +167,8 @@ def geometry_before(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
     model = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / MODEL_FILE)
-        train = feature_dataset(cfg, manifest, inputs.paths["train"], str(Path(tmp) / MODEL_FILE))
-        sums = class_sums(train, manifest.num_classes, embed_dim(model))
+        train = feature_dataset(cfg, manifest, {"train": inputs.paths["train"]}, str(Path(tmp) / MODEL_FILE))
+        sums = class_sums(train.ds, manifest.num_classes, embed_dim(model))
     g = centroid_geometry_from_sums(
         sums, manifest.train_counts, cfg.eval.many_threshold, cfg.eval.few_threshold
     )

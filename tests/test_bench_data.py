@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipelines.bench.data import cpu_delta, main, memory_scaling, resolve, steady_state
-from system import bench_data
+from pipelines.bench import data as bench_data
 from system.data.dataset_dir import iter_shard_samples, load_manifest
 
 

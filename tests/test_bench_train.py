@@ -263,7 +263,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
 
     import psutil
 
-    from system import bench_train
+    from pipelines.bench import train as bench_train
 
     titles = {1: ["python"], 2: ["ray::ReadReadShards->MapBatches(x)"], 3: ["ray::IDLE"]}
     cpu = {1: 1.0, 2: 2.0, 3: 0.5}

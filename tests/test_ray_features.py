@@ -58,27 +58,36 @@ def test_streaming_stage2_equals_the_in_memory_computation():
     cfg = config_from_dict({}, {"finetune.l2_points": 3})
     ray.init(num_cpus=2, include_dashboard=False)
     try:
-
-        def ds(split, block):
-            rows = [{"feature": f, "label": int(y)} for f, y in zip(*split, strict=True)]
-            return ray.data.from_items(rows, override_num_blocks=block).materialize()
-
-        tr, va = ds(train, 7), ds(val, 3)
-        # class sums over 7 blocks equal the one-shot accumulator
-        acc = class_sums(tr, K, D)
+        # both splits in one dataset, as stage 2's single feature pass makes it: train rows from shard
+        # positions 0-6, val rows from 7-9, blocks interleaved
+        items = [
+            {"feature": f, "label": int(y), "shard": i % 7}
+            for i, (f, y) in enumerate(zip(*train, strict=True))
+        ] + [
+            {"feature": f, "label": int(y), "shard": 7 + i % 3}
+            for i, (f, y) in enumerate(zip(*val, strict=True))
+        ]
+        both = ray.data.from_items(items[::2] + items[1::2], override_num_blocks=10).materialize()
+        tr_rows, va_rows = (0, 7), (7, 10)
+        tr = ray.data.from_items(
+            [{"feature": f, "label": int(y)} for f, y in zip(*train, strict=True)], override_num_blocks=7
+        ).materialize()
+        # class sums of the train rows over 10 mixed blocks equal the one-shot accumulator
+        acc = class_sums(both, K, D, tr_rows)
         ref = ClassMeanAccumulator(K, D).update(torch.from_numpy(train[0]), torch.from_numpy(train[1]))
         assert torch.equal(acc.counts, ref.counts)
         assert torch.allclose(acc.sums, ref.sums, atol=1e-9)
+        assert torch.equal(class_sums(tr, K, D).counts, ref.counts)  # no ranges: every row
         # the head fitted in a Ray task is the in-process fit
         counts = np.bincount(train[1], minlength=K).tolist()
-        head, probe = fit_head_remote(tr, va, K, cfg.finetune, 0, counts)
+        head, probe = fit_head_remote(both, both, K, cfg.finetune, 0, counts, tr_rows, va_rows)
         local, local_probe = fit_head(train, val, K, cfg.finetune, 0, counts)
         assert probe.l2 == local_probe.l2
         assert torch.allclose(head.weight, local.weight, atol=1e-5)
-        # both branches' logits, streamed, with the logit adjustment
+        # both branches' logits of the val rows, streamed, with the logit adjustment
         mu = acc.prototypes()
         adjust = logit_adjustment(counts, 1.0)
-        z = split_logits(va, head, mu, 16.0, adjust)
+        z = split_logits(both, head, mu, 16.0, adjust, va_rows)
         expect = branch_logits(local, mu, *val, 16.0, adjust)
         order = np.argsort(z.labels, kind="stable")  # blocks may come back in any order: compare as sets
         assert sorted(map(tuple, np.round(z.head, 4))) == sorted(map(tuple, np.round(expect.head, 4)))
@@ -86,7 +95,7 @@ def test_streaming_stage2_equals_the_in_memory_computation():
         assert np.bincount(z.labels[order], minlength=K).tolist() == np.bincount(val[1], minlength=K).tolist()
         # the mean logit per class over train
         bias = positive_bias(local, torch.from_numpy(train[0]), K)["mean_logit"]
-        assert np.allclose(mean_logits(tr, head), bias, atol=1e-5)
+        assert np.allclose(mean_logits(both, head, tr_rows), bias, atol=1e-5)
         # the cap keeps the first rows of each class, in the dataset's order
         f, y = gather_features(tr, max_per_class=5)
         assert np.bincount(y, minlength=K).tolist() == [min(5, c) for c in counts]

@@ -48,7 +48,7 @@ from pipelines.bench.gpu_parts import (
     train_flops_per_sample,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the repository root
 PARTS = ("bare", "peer", "ours", "resume")
 GOAL_DATA_WAIT = 0.02
 

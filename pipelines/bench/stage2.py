@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_paths = list(paths) * scale
             print(f"[bench] {scale}x: {len(run_paths)} shards", file=sys.stderr, flush=True)
             ds, feat_s, feat_mib = _measure(
-                lambda p=run_paths: feature_dataset(cfg, manifest, p, weights).materialize()
+                lambda p=run_paths: feature_dataset(cfg, manifest, {"train": p}, weights).ds.materialize()
             )
             rows = ds.count()
             _, reduce_s, reduce_mib = _measure(lambda ds=ds: (class_sums(ds, k, dim), mean_logits(ds, head)))

@@ -83,7 +83,7 @@ from pipelines.bench.peer import (
     peer_throughput,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the repository root
 CONFIGS_DIR = REPO / "system" / "model_configs"
 DEFAULT_SHARDS = "runs/datasets/demo"
 
