@@ -269,68 +269,78 @@ def split_logits(
     )
 
 
+def gather_splits(
+    ds: ray.data.Dataset, parts: dict[str, tuple[tuple[int, int] | None, int | None]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each part name -> (shard-position range or None for all rows, per-class cap or None): features
+    [N, d] float32 and labels [N] of those rows of `ds` in its order, keeping the first `cap` rows of each
+    class. One pass over `ds` serves every part. Called inside the head-fit task, not on the driver."""
+    feats: dict[str, list[np.ndarray]] = {name: [] for name in parts}
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in parts}
+    seen = {name: np.zeros(0, dtype=np.int64) for name in parts}
+    for whole in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for name, (rows, cap) in parts.items():
+            batch = _rows(whole, rows)
+            f, y = np.asarray(batch["feature"], dtype=np.float32), np.asarray(batch["label"], dtype=np.int64)
+            if cap is not None:
+                if y.size and y.max() >= seen[name].size:
+                    seen[name] = np.pad(seen[name], (0, int(y.max()) + 1 - seen[name].size))
+                # rank of each row within its class, counting the rows kept from earlier batches
+                order = np.argsort(y, kind="stable")
+                ys = y[order]
+                starts = np.searchsorted(ys, ys, side="left")
+                rank = np.empty_like(y)
+                rank[order] = np.arange(len(ys)) - starts + seen[name][ys]
+                keep = rank < cap
+                np.add.at(seen[name], y[keep], 1)
+                f, y = f[keep], y[keep]
+            feats[name].append(f)
+            labels[name].append(y)
+    out = {}
+    for name in parts:
+        if sum(len(y) for y in labels[name]) == 0:
+            raise RuntimeError(f"no decodable samples among the {name} rows")
+        out[name] = (np.concatenate(feats[name]), np.concatenate(labels[name]))
+    return out
+
+
 def gather_features(
     ds: ray.data.Dataset, max_per_class: int | None = None, rows: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features [N, d] float32 and labels [N] of `ds` (the rows of shard positions `rows`, or all) in its
-    order, keeping the first `max_per_class` rows of each class when set. Called inside the head-fit task,
-    not on the driver."""
-    feats, labels = [], []
-    seen: np.ndarray | None = None
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        batch = _rows(batch, rows)
-        f, y = np.asarray(batch["feature"], dtype=np.float32), np.asarray(batch["label"], dtype=np.int64)
-        if max_per_class is not None:
-            if seen is None:
-                seen = np.zeros(0, dtype=np.int64)
-            if y.size and y.max() >= seen.size:
-                seen = np.pad(seen, (0, int(y.max()) + 1 - seen.size))
-            # rank of each row within its class, counting the rows kept from earlier batches
-            order = np.argsort(y, kind="stable")
-            ys = y[order]
-            starts = np.searchsorted(ys, ys, side="left")
-            rank = np.empty_like(y)
-            rank[order] = np.arange(len(ys)) - starts + seen[ys]
-            keep = rank < max_per_class
-            np.add.at(seen, y[keep], 1)
-            f, y = f[keep], y[keep]
-        feats.append(f)
-        labels.append(y)
-    if not feats or sum(len(y) for y in labels) == 0:
-        raise RuntimeError("the split has no decodable samples")
-    return np.concatenate(feats), np.concatenate(labels)
+    """`gather_splits` for one part: the rows of shard positions `rows` (or all), at most `max_per_class` per
+    class."""
+    return gather_splits(ds, {"requested": (rows, max_per_class)})["requested"]
 
 
 @ray.remote(num_cpus=1)
 def _fit_head_task(
-    train: ray.data.Dataset,
-    select: ray.data.Dataset,
+    feats: ray.data.Dataset,
     num_classes: int,
     cfg: FinetuneSection,
     seed: int,
     class_counts: list[int],
-    train_rows: tuple[int, int] | None,
-    select_rows: tuple[int, int] | None,
+    train_rows: tuple[int, int],
+    select_rows: tuple[int, int],
 ) -> tuple[torch.nn.Module, ProbeFit | None]:
-    x = gather_features(train, cfg.max_per_class, train_rows)
-    return fit_head(x, gather_features(select, rows=select_rows), num_classes, cfg, seed, class_counts)
+    parts = gather_splits(feats, {"train": (train_rows, cfg.max_per_class), "select": (select_rows, None)})
+    return fit_head(parts["train"], parts["select"], num_classes, cfg, seed, class_counts)
 
 
 def fit_head_remote(
-    train: ray.data.Dataset,
-    select: ray.data.Dataset,
+    feats: ray.data.Dataset,
     num_classes: int,
     cfg: FinetuneSection,
     seed: int,
     class_counts: list[int],
-    train_rows: tuple[int, int] | None = None,
-    select_rows: tuple[int, int] | None = None,
+    train_rows: tuple[int, int],
+    select_rows: tuple[int, int],
 ) -> tuple[torch.nn.Module, ProbeFit | None]:
-    """`system.finetune.fit_head` in a Ray task (one CPU on whichever node has it): the train features go to
-    that task's memory, never the driver's. `class_counts` are the split's true counts, so a per-class cap
-    keeps the convex head's class weights those of the whole split."""
+    """`system.finetune.fit_head` in a Ray task (one CPU on whichever node has it) on the train and selection
+    rows of `feats` (their shard-position ranges), gathered in one pass: the train features go to that task's
+    memory, never the driver's. `class_counts` are the split's true counts, so a per-class cap keeps the
+    convex head's class weights those of the whole split."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     # Outside the caller's placement group: a sweep trial holds a 0.01-CPU bundle, which the task cannot fit.
     task = _fit_head_task.options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    return ray.get(task.remote(train, select, num_classes, cfg, seed, class_counts, train_rows, select_rows))
+    return ray.get(task.remote(feats, num_classes, cfg, seed, class_counts, train_rows, select_rows))

@@ -57,9 +57,7 @@ METRIC = "val_score"
 FINGERPRINT_FILE = "sweep_fingerprint.json"
 
 
-def run_stage2(
-    cfg: Config, inputs: StageInputs, weights: str, out_dir: Path, lambda_spec: tuple | None = None
-) -> dict[str, Any]:
+def run_stage2(cfg: Config, inputs: StageInputs, weights: str, out_dir: Path) -> dict[str, Any]:
     """Features of train/select/report splits, head + class-mean prototypes, lambda curve on the select split."""
     configure_data_context(cfg)
     manifest, paths = inputs.manifest, inputs.paths
@@ -77,7 +75,7 @@ def run_stage2(
     sums = class_sums(feats, k, dim, rows["train"])
     mu = sums.prototypes()  # [K, d]
     head, probe = fit_head_remote(
-        feats, feats, k, cfg.finetune, cfg.run.seed, list(manifest.train_counts), rows["train"], rows[sel]
+        feats, k, cfg.finetune, cfg.run.seed, list(manifest.train_counts), rows["train"], rows[sel]
     )
     adjust = logit_adjustment(manifest.train_counts, cfg.finetune.logit_adjust_tau)
     logits = {s: split_logits(feats, head, mu, cfg.finetune.proto_scale, adjust, rows[s]) for s in (sel, rep)}
@@ -92,7 +90,7 @@ def run_stage2(
         print(
             f"[stage2] temperatures fitted on {sel}: head {t_head:.4g}, prototypes {t_proto:.4g}", flush=True
         )
-    candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, lambda_spec)
+    candidates = lambda_candidates(cfg.finetune.lambda_points, cfg.finetune.blend_weight, inputs.lambda_spec)
     lam, acc, grid, curve = select_lambda(logits[sel], cfg.finetune.lambda_points, candidates)
     boot = None
     if cfg.finetune.bootstrap > 0:
@@ -200,7 +198,7 @@ def trial(params: dict[str, Any], base: dict[str, Any], inputs: StageInputs) -> 
             weights = Path(tmp) / MODEL_FILE
             shutil.copy(Path(ckpt) / MODEL_FILE, weights)
         out = Path(tmp) / "stage2"
-        metrics = run_stage2(cfg, inputs, str(weights), out, inputs.lambda_spec)
+        metrics = run_stage2(cfg, inputs, str(weights), out)
         metrics.update(stage1_s=t1 - t0, stage2_s=time.perf_counter() - t1, params=params, trial_id=trial_id)
         metrics["prototypes"] = {
             k: v for k, v in inputs.prototype_stats.items() if isinstance(v, (int, float, str))

@@ -80,7 +80,7 @@ def test_streaming_stage2_equals_the_in_memory_computation():
         assert torch.equal(class_sums(tr, K, D).counts, ref.counts)  # no ranges: every row
         # the head fitted in a Ray task is the in-process fit
         counts = np.bincount(train[1], minlength=K).tolist()
-        head, probe = fit_head_remote(both, both, K, cfg.finetune, 0, counts, tr_rows, va_rows)
+        head, probe = fit_head_remote(both, K, cfg.finetune, 0, counts, tr_rows, va_rows)
         local, local_probe = fit_head(train, val, K, cfg.finetune, 0, counts)
         assert probe.l2 == local_probe.l2
         assert torch.allclose(head.weight, local.weight, atol=1e-5)
