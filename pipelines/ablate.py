@@ -3,7 +3,7 @@
     uniproto ablate --config pipelines/configs/ablate.yaml [--seeds 0,1,2] [--arms a,b] [--set data.root=...]
     python -m pipelines.ablate --config ...               (the form `ray job submit` uses)
 
-Arms (stage-1 recipes, system/ablation.py): baseline (plain cross-entropy), contrastive, prototypes,
+Arms (stage-1 recipes, system/experiments/ablation.py): baseline (plain cross-entropy), contrastive, prototypes,
 text_filter, and the no-text control. Each arm is a Ray Tune run over the seeds in <run dir>/<arm>/, so an
 interrupted ablation resumes where it stopped (finished seeds are kept). The table's variants read the arms
 with their classifier: `full` is the text_filter arm with the prototype-guided classifier.
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import parse_args, prepare_run
-from system import ablation as ab
 from system.config import ConfigError, load_config, save_config
-from system.spaces import Space, grid_size, load_space, unused_keys
+from system.experiments import ablation as ab
+from system.experiments.spaces import Space, grid_size, load_space, unused_keys
 
 
 def _ablate_args(p: argparse.ArgumentParser) -> None:
@@ -97,9 +97,9 @@ def run_ablation(
     args: argparse.Namespace, arms: list[str], seeds: list[int], spaces: dict[str, Space], root: Path
 ) -> dict[str, Any]:
     """Train every arm over the seeds (and its grid in `spaces[arm]`), then read the variants off the trials."""
-    from system.finetune import blended_predictions, is_collapsed, shot_accuracy_at, top_class_share
-    from system.ray_cluster import init_ray
-    from system.ray_sweep import load_branch_logits, run_sweep
+    from system.method.finetune import blended_predictions, is_collapsed, shot_accuracy_at, top_class_share
+    from system.runtime.cluster import init_ray
+    from system.runtime.sweep import load_branch_logits, run_sweep
 
     t0 = time.perf_counter()
     per_arm: dict[str, list[dict[str, Any]]] = {}
@@ -260,7 +260,7 @@ def class_bootstrap(
     predictions: dict[str, dict[int, tuple[Any, Any]]], counts: list[int], many: int, few: int
 ) -> list[dict[str, Any]]:
     """Each variant minus the baseline, and full minus no_text, over the seeds both have: the paired per-class
-    bootstrap of system/ablation.py. `predictions[variant][seed]` = (report-split predictions, labels)."""
+    bootstrap of system/experiments/ablation.py. `predictions[variant][seed]` = (report-split predictions, labels)."""
     pairs = [(n, "baseline") for n in predictions if n != "baseline"] + [("full", "no_text")]
     rows = []
     for name, ref in pairs:

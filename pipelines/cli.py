@@ -129,7 +129,8 @@ def _prototypes(argv: list[str]) -> int:
     import numpy as np
     import torch
 
-    from system.prototypes import assign_prototypes, build_prototypes, prototype_stats, save_prototypes
+    from system.method.prototype_assignment import assign_prototypes
+    from system.method.prototypes import build_prototypes, prototype_stats, save_prototypes
 
     names = None
     if a.class_names:
@@ -186,8 +187,8 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    from system.checkpoint import CheckpointError
-    from system.export import export_safetensors
+    from system.model.checkpoint import CheckpointError
+    from system.model.export import export_safetensors
 
     try:
         summary = export_safetensors(a.checkpoint, a.out, a.overwrite)
@@ -199,7 +200,7 @@ def _export(argv: list[str]) -> int:
 
 
 def _submit(argv: list[str]) -> int:
-    from system.submit import main as submit_main
+    from pipelines.submit import main as submit_main
 
     return submit_main(argv, stages=STAGES)
 
@@ -231,13 +232,13 @@ def _filter_text(argv: list[str]) -> int:
 
 
 def _check_shards(argv: list[str]) -> int:
-    from system.check_shards import main as check_main
+    from system.runtime.check_shards import main as check_main
 
     return check_main(argv)
 
 
 def _models(argv: list[str]) -> int:
-    from system.models import list_architectures
+    from system.model.factory import list_architectures
 
     print("\n".join(list_architectures()))
     return 0

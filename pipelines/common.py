@@ -12,8 +12,8 @@ from typing import Any
 
 from system.config import Config, load_config, save_config
 from system.data.dataset_dir import Manifest, load_manifest
-from system.spaces import load_space
-from system.stage_inputs import StageInputs
+from system.experiments.spaces import load_space
+from system.runtime.stage_inputs import StageInputs
 
 
 def parse_args(prog: str, doc: str | None, argv: list[str] | None, extra=None) -> argparse.Namespace:
@@ -129,7 +129,7 @@ def prepare_run(args: argparse.Namespace, need_prototypes: bool = True) -> RunCo
             flush=True,
         )
     if need_prototypes:
-        from system.class_prototypes import make_class_prototypes
+        from system.method.class_prototypes import make_class_prototypes
 
         with ctx.timer("prototypes"):
             ctx.prototypes, ctx.prototype_stats = make_class_prototypes(cfg, manifest.class_names)

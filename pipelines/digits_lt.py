@@ -111,7 +111,7 @@ def reference_cnn(
     import torch
     import torch.nn.functional as F
 
-    from system.metrics import shot_accuracy
+    from system.method.metrics import shot_accuracy
 
     torch.manual_seed(seed)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # [N, 3, 32, 32]

@@ -12,10 +12,10 @@ import sys
 from typing import Any
 
 from pipelines.common import parse_args, prepare_run
-from system.checkpoint import MODEL_FILE
-from system.export import find_checkpoint
-from system.finetune import shot_accuracy_at
-from system.report import accuracy_table
+from system.method.finetune import shot_accuracy_at
+from system.model.checkpoint import MODEL_FILE
+from system.model.export import find_checkpoint
+from system.reports.report import accuracy_table
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ctx = prepare_run(args, need_prototypes=False)
     cfg = ctx.cfg
     weights = find_checkpoint(args.checkpoint or ctx.run_dir) / MODEL_FILE  # a dir, or the run's stage1.json
-    from system.ray_cluster import init_ray
-    from system.ray_sweep import load_branch_logits, run_stage2
+    from system.runtime.cluster import init_ray
+    from system.runtime.sweep import load_branch_logits, run_stage2
 
     with ctx.timer("ray"):
         print(f"[uniproto] {init_ray(cfg)}", flush=True)

@@ -17,9 +17,9 @@ from pipelines.common import parse_args, prepare_run
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ctx = prepare_run(parse_args("uniproto pretrain", __doc__, argv))
     from system.data.ledger import data_line
-    from system.ray_cluster import init_ray
-    from system.ray_pretrain import run_stage1
-    from system.ray_reader import ledger_summary, new_ledger
+    from system.runtime.cluster import init_ray
+    from system.runtime.pretrain import run_stage1
+    from system.runtime.reader import ledger_summary, new_ledger
 
     with ctx.timer("ray"):
         print(f"[uniproto] {init_ray(ctx.cfg)}", flush=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import RunContext, parse_args, prepare_run
-from system.finetune import shot_accuracy_at
-from system.report import (
+from system.method.finetune import shot_accuracy_at
+from system.reports.format import fmt
+from system.reports.report import (
     accuracy_table,
     plot_geometry,
     plot_lambda_curves,
@@ -27,7 +28,6 @@ from system.report import (
     plot_positive_bias,
     write_report,
 )
-from system.report_format import fmt
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -50,9 +50,9 @@ def run_pipeline(ctx: RunContext) -> dict[str, Any]:
     """Sweep (stage 1 + stage 2 per trial), select on val, report on test; write every output."""
     import numpy as np
 
-    from system import sweep_report as sr
-    from system.ray_cluster import init_ray
-    from system.ray_sweep import geometry_before, load_branch_logits, run_sweep
+    from system.reports import sweep as sr
+    from system.runtime.cluster import init_ray
+    from system.runtime.sweep import geometry_before, load_branch_logits, run_sweep
 
     cfg, manifest, space, timer, run_dir = ctx.cfg, ctx.manifest, ctx.space, ctx.timer, ctx.run_dir
     with timer("ray"):

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from system.text_towers import bundled_text_model
+from system.model.text_towers import bundled_text_model
 
 
 class ConfigError(ValueError):
@@ -90,7 +90,7 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    arch: str = "uniproto-tiny-rn"  # any open_clip architecture name, or one of system/model_configs/*.json
+    arch: str = "uniproto-tiny-rn"  # any open_clip architecture name, or one of system/model/configs/*.json
     pretrained: str | None = None  # open_clip tag or a local checkpoint file
     # freeze the text tower (a Hugging Face tower keeps its projection trainable): a pretrained text encoder
     # keeps what it knows instead of being pulled by a few hundred captions
@@ -112,7 +112,7 @@ class LossSection:
     # all-gather features with gradients (exact data-parallel gradient); false is refused with several workers
     gather_with_grad: bool = True
     # text: prototypes aligned to the class names' embeddings under a pretrained text tower (a rotation and a
-    # linear assignment, alternated: system/prototypes.py), so similar classes get nearby prototypes
+    # linear assignment, alternated: system/method/prototypes.py), so similar classes get nearby prototypes
     prototype_assign: Literal["random", "text"] = "random"
     # the text side of the prototype loss; "image" (with contrastive_weight 0) is the ablation's no-text control
     proto_modalities: Literal["image_text", "image"] = "image_text"
@@ -138,7 +138,7 @@ class TrainSection:
     use_gpu: bool = False
     # The run's length: train.steps optimizer steps (samples seen = steps x global batch; epochs derived, the
     # last one partial), the same on any dataset size, or train.epochs passes over the train split. Set one;
-    # the other null (system/schedule.py).
+    # the other null (system/model/schedule.py).
     epochs: int | None = knob(6, lo=1)
     steps: int | None = knob(None, lo=1)
     # under train.steps: reports in the run (val probe, checkpoint, one Tune iteration each), evenly spaced;
@@ -183,7 +183,7 @@ class TrainSection:
 class FinetuneSection:
     head: Literal["linear", "mlp"] = "linear"
     # convex: the linear head as class-weighted logistic regression, solved full-batch (L-BFGS) at each L2
-    # strength of a log grid [l2_min, l2_max] and chosen on the selection split (system/linear_probe.py): no
+    # strength of a log grid [l2_min, l2_max] and chosen on the selection split (system/method/linear_probe.py): no
     # epoch count, the same on any dataset size. sgd: AdamW for `epochs` epochs (the mlp head's only fit).
     head_fit: Literal["convex", "sgd"] = "convex"
     l2_min: float = knob(1e-6, gt=0.0)
@@ -212,7 +212,7 @@ class FinetuneSection:
     # Resamples of the selection split behind the spread of the chosen lambda (0 = off); the cap keeps stage 2
     # from spending minutes on a number that settles within a few hundred resamples.
     bootstrap: int = knob(200, lo=0, hi=100_000)
-    # The feature pass (system/ray_features.py): Ray Data batch inference in an actor pool that autoscales
+    # The feature pass (system/runtime/features.py): Ray Data batch inference in an actor pool that autoscales
     # between min and max actors (max None: one per GPU under train.use_gpu, else one per feature_actor_cpus
     # CPUs of the cluster), each holding one GPU under train.use_gpu and feature_actor_cpus CPUs.
     feature_batch_size: int = knob(256, lo=1)
@@ -437,7 +437,7 @@ def _validate_cross(cfg: Config) -> None:
     if not cfg.loss.gather_with_grad and cfg.train.num_workers > 1:
         # Without gradients through the all-gather each rank differentiates only its own rows: the global loss
         # then gets 1/W of its true contrastive gradient, the local loss a wrong direction
-        # (tests/test_grad_equivalence.py).
+        # (tests/method/test_grad_equivalence.py).
         raise ConfigError(
             "loss.gather_with_grad: false gives an inexact gradient with several workers (1/W of the "
             "contrastive gradient in global mode, a wrong direction in local mode); keep it true"

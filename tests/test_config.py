@@ -130,7 +130,7 @@ def test_hostile_yaml_is_refused_by_name_before_anything_expands(tmp_path):
         load_config(None, ["run.name=&a [*a]"])
     space = tmp_path / "space.yaml"
     space.write_text("loss.proto_temperature: {grid: [0.1]}\nloss.proto_temperature: {grid: [0.2]}\n")
-    from system.spaces import load_space
+    from system.experiments.spaces import load_space
 
     with pytest.raises(ConfigError, match=r"space\.yaml: duplicate key 'loss\.proto_temperature'"):
         load_space(space)

@@ -154,12 +154,14 @@ def test_the_graph_is_read():
     assert "system.config" in GRAPH["pipelines.common"]
     assert "system.text.embedding_scorers" in GRAPH["system.text"]  # from system.text import module
     assert "system.data.dataset_dir" in GRAPH["system.text.retrieval"]  # an import inside a function
-    assert "system.submit" in GRAPH["pipelines.cli"]
-    relative = "from . import scorers\nfrom ..config import Config\nfrom .. import report\nimport numpy\n"
+    assert "pipelines.submit" in GRAPH["pipelines.cli"]
+    relative = (
+        "from . import scorers\nfrom ..config import Config\nfrom .. import user_errors\nimport numpy\n"
+    )
     assert [m for m, _ in imports_in(relative, "system.text.filter")] == [
         "system.text.scorers",
         "system.config",
-        "system.report",
+        "system.user_errors",
     ]
     assert [m for m, _ in imports_in("from . import scorers\n", "system.text", is_package=True)] == [
         "system.text.scorers"
@@ -194,3 +196,60 @@ def test_the_library_has_no_import_cycle():
 def test_the_app_has_no_import_cycle():
     found = cycles(APP)
     assert not found, f"import cycles in {APP}/:\n" + "\n".join(map(_describe, found))
+
+
+# Each layer of the library and the layers it may import (docs/architecture.md). `config` is the floor every
+# layer stands on; it reads two leaf modules (below), which import nothing of ours.
+LAYERS: dict[str, set[str]] = {
+    "model": set(),
+    "method": {"model"},
+    "data": set(),
+    "text": {"model", "method", "data"},
+    "experiments": {"method"},
+    "reports": set(),
+    "runtime": {"model", "method", "data", "text", "experiments"},
+    "launch": {"data", "experiments", "user_errors"},
+    "user_errors": {"data"},
+}
+CONFIG_LEAVES = {"system.model.text_towers", "system.text.scorer_registry"}
+RAY_LAYERS = {"runtime", "launch"}  # every `import ray` of the library: Ray itself, and Ray's job client
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else module
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    assert set(LAYERS) | {"config"} == {_layer(m) for m in MODULES if m.startswith(LIBRARY + ".")}
+    wrong = []
+    for m, targets in GRAPH.items():
+        if not m.startswith(LIBRARY + "."):
+            continue
+        here = _layer(m)
+        for t, line in targets.items():
+            there = _layer(t)
+            if t == LIBRARY or there in (here, "config"):
+                continue
+            allowed = t in CONFIG_LEAVES if here == "config" else there in LAYERS[here]
+            if not allowed:
+                wrong.append(f"  {m} imports {t} ({MODULES[m].relative_to(REPO)}:{line})")
+    assert not wrong, "imports across the layers, against their order:\n" + "\n".join(wrong)
+    for leaf in CONFIG_LEAVES:
+        assert not GRAPH[leaf], f"{leaf} is read by system.config and must import nothing of ours"
+
+
+def test_ray_is_imported_only_where_the_library_runs_on_ray():
+    found = []
+    for m, path in MODULES.items():
+        if not m.startswith(LIBRARY + ".") or _layer(m) in RAY_LAYERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [f"  {m}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "ray"]
+    assert not found, "Ray outside system/runtime and system/launch:\n" + "\n".join(found)

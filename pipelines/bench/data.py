@@ -9,7 +9,7 @@ ours, ours, peer, ...: a machine whose speed drifts favours neither side; figure
 images/s and each round's ratio are in the JSON), each producing the training's batches (uint8 images
 [b, S, S, 3], tokens [b, L], labels [b]) with no model behind them:
 
-* **ours**: `system.ray_data.train_dataset` exactly as stage 1 builds it (read_webdataset raw bytes -> decode +
+* **ours**: `system.runtime.data.train_dataset` exactly as stage 1 builds it (read_webdataset raw bytes -> decode +
   random-resized crop + flip in `map_batches` -> text pairing + tokenization in the TextPairer actor pool), on
   a local Ray started with N logical CPUs, consumed with `iter_torch_batches` at the training micro batch with
   the training's local shuffle buffer.
@@ -177,9 +177,9 @@ def _inputs(spec: dict[str, Any]):
 
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     """Our stage-1 stream, consumed the way a Train worker consumes its shard of it."""
-    from system.ray_cluster import init_ray
-    from system.ray_data import configure_data_context, train_batches, train_dataset
-    from system.schedule import stage1_schedule
+    from system.model.schedule import stage1_schedule
+    from system.runtime.cluster import init_ray
+    from system.runtime.data import configure_data_context, train_batches, train_dataset
 
     cfg, manifest, pools = _inputs(spec)
     init_ray(cfg)
@@ -239,7 +239,7 @@ def run_peer(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     import webdataset as wds
 
-    from system.ray_data import epoch_shard_order, train_augment
+    from system.runtime.data import epoch_shard_order, train_augment
 
     cfg, manifest, pools = _inputs(spec)
     torch.set_num_threads(1)

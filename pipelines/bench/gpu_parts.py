@@ -244,10 +244,10 @@ def bare_engine_loop(
 
     from pipelines.bench.train import bare_step
     from system.config import OptimSection, TrainSection
-    from system.ds_config import deepspeed_config, skip_single_rank_allreduce
+    from system.model.ds_config import deepspeed_config, skip_single_rank_allreduce
 
     cuda = device.startswith("cuda")
-    # A process group of one, as a launcher would describe it (tests/test_ds_engine.py does the same on CPU).
+    # A process group of one, as a launcher would describe it (tests/model/test_ds_engine.py does the same on CPU).
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())), ("RANK", "0"),
                        ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):  # fmt: skip
         os.environ.setdefault(key, value)

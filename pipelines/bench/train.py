@@ -24,7 +24,7 @@ process tree confined to the same N cores (CPU affinity):
   workers). It runs in a cached venv with webdataset==0.2.86
   (pipelines.bench.peer).
 * **bare**: one process, N torch threads, the same model (`create_clip`), the same loss (`Stage1Loss` with the
-  same number of prototypes) and the same AdamW (`system.optim.build_adamw`) with gradient clipping, on
+  same number of prototypes) and the same AdamW (`system.model.optim.build_adamw`) with gradient clipping, on
   pre-decoded in-memory batches: no data loading, no Ray, no DeepSpeed. The ceiling for this model on these
   cores. It runs `--bare-repeats` times (default 2), first and last, and its figure is their mean: this VM's
   speed drifts by 10-20% within minutes, so one run before the others can misstate the overhead either way.
@@ -84,7 +84,7 @@ from pipelines.bench.peer import (
 )
 
 REPO = Path(__file__).resolve().parents[2]  # the repository root
-CONFIGS_DIR = REPO / "system" / "model_configs"
+CONFIGS_DIR = REPO / "system" / "model" / "configs"
 DEFAULT_SHARDS = "runs/datasets/demo"
 
 
@@ -386,7 +386,7 @@ def _ours_child(argv: list[str]) -> int:
     record_path, stage1, rest = argv[0], argv[1], argv[2:]
     import importlib
 
-    import system.ray_pretrain as rp
+    import system.runtime.pretrain as rp
 
     original = rp.run_stage1
 
@@ -457,13 +457,13 @@ def bare_step(
     then runs the forward, backward, clipping and step (pipelines.bench.gpu_parts)."""
     import torch
 
-    from system.class_prototypes import arch_embed_dim
     from system.config import LossSection, OptimSection
-    from system.losses import Stage1Loss
-    from system.models import create_clip, preprocess_for, tokenizer_for
-    from system.optim import build_adamw
-    from system.prototypes import uniform_prototypes
-    from system.stage1_step import Stage1Step, clamp_logit_scale_, configure_device_math
+    from system.method.class_prototypes import arch_embed_dim
+    from system.method.losses import Stage1Loss
+    from system.method.prototypes import uniform_prototypes
+    from system.method.stage1_step import Stage1Step, clamp_logit_scale_, configure_device_math
+    from system.model.factory import create_clip, preprocess_for, tokenizer_for
+    from system.model.optim import build_adamw
 
     torch.manual_seed(seed)
     configure_device_math(device)
@@ -576,7 +576,7 @@ def _floor_child(argv: list[str]) -> int:
     from ray.train.torch import TorchTrainer
 
     from system.config import load_config
-    from system.ray_cluster import init_ray
+    from system.runtime.cluster import init_ray
 
     init_ray(load_config(None, {"ray.num_cpus": 2 * a.threads}))
     args = (a.arch, a.image_size, a.batch, a.steps, a.warmup, a.classes, a.threads)
@@ -605,7 +605,7 @@ def _idle_child(argv: list[str]) -> int:
     import torch
 
     from system.config import load_config
-    from system.ray_cluster import init_ray
+    from system.runtime.cluster import init_ray
 
     torch.set_num_threads(a.threads)
     init_ray(load_config(None, {"ray.num_cpus": 2 * a.threads}))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from system.data.corpus import read_vlltr_corpus
 from system.data.demo_render import COLOURS, DemoClass
-from system.text.corpus import read_vlltr_corpus
 
 _MONTHS = "January February March April May June July August September October November December".split()
 _PEOPLE = ["J. Smith", "Dr. Alvarez", "M. K. Osei", "L. Chen", "Prof. Novak", "R. Haddad"]

@@ -1,4 +1,4 @@
-"""The data ledger's bookkeeping (plain Python; the Ray actor that holds it is system.ray_reader.DataLedger).
+"""The data ledger's bookkeeping (plain Python; the Ray actor that holds it is system.runtime.reader.DataLedger).
 
 Counts are kept per shard position in the read list (a shard listed once per epoch has one position per
 epoch), never per batch, so the ledger of a run over S shard reads holds O(S) numbers however many batches

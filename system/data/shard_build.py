@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from system.config import ConfigError
+from system.data.corpus import corpus_file
 from system.data.dataset_dir import (
     FORMAT_VERSION,
     KEY_STRIDE,
@@ -46,7 +47,6 @@ from system.data.dataset_dir import (
     write_shard,
 )
 from system.data.reencode import ImageSkip, reencode_jpeg
-from system.text.corpus import corpus_file
 
 BUILD_DIR = ".build"  # per-shard records; also marks a directory as one that build-shards may resume or clear
 SPLITS = ("train", "val", "test")

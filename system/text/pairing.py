@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from system.data.row_draws import RowDraws
-from system.models import tokenizer_for
+from system.model.factory import tokenizer_for
 from system.text.filter import is_relevant_caption, make_scorer
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from system.config import DataSection
+from system.data.corpus import load_class_corpus, load_truth
 from system.data.dataset_dir import Manifest
 from system.data.shard_spec import local_text_dir
-from system.text.corpus import load_class_corpus, load_truth
 from system.text.filter import build_text_pools, filter_corpus, filter_quality, make_scorer
 
 

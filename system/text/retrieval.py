@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from system.text.encoders import ClipTextEncoder
 
 
-def _raw_batches(paths: list[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def raw_batches(paths: list[str], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Shard rows in decode_batch's raw column format (`json` back to text, as the Ray reader hands it over)."""
     from system.data.dataset_dir import iter_shard_samples
 
@@ -63,12 +63,12 @@ def image_centroids(
 
     from system.data.dataset_dir import load_manifest
     from system.data.decode import decode_batch
-    from system.heads import ClassMeanAccumulator
+    from system.method.heads import ClassMeanAccumulator
 
     manifest = load_manifest(root)
     k = manifest.num_classes
     acc: ClassMeanAccumulator | None = None
-    for raw in _raw_batches(manifest.shard_paths(root, split), batch_size):
+    for raw in raw_batches(manifest.shard_paths(root, split), batch_size):
         batch = decode_batch(raw, image_size, k)
         if not len(batch["label"]):
             continue

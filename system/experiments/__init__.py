@@ -1,0 +1,1 @@
+"""What a study varies: search spaces for Ray Tune and the ablation's arms, variants and statistics."""

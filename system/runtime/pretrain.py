@@ -1,0 +1,540 @@
+"""Stage 1 on Ray Train: one DeepSpeed engine per worker, fed by the streaming Ray Data pipeline.
+
+Checkpoints follow the ZeRO pattern (docs/stack-notes.md): every rank saves its files into a local directory, then every
+rank calls `ray.train.report(..., checkpoint=...)`, and Ray merges the rank files. Rank 0 also writes a
+consolidated `model.pt` so stage 2 needs no DeepSpeed to read the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from system.config import Config, config_from_dict
+from system.method.heads import ClassMeanAccumulator, leave_one_out_class_mean_predictions
+from system.method.losses import Stage1Loss
+from system.method.stage1_step import (
+    Stage1Step,
+    StepResult,
+    autocast,
+    clamp_logit_scale_,
+    configure_device_math,
+    module_of,
+)
+from system.model.checkpoint import META_FILE, MODEL_FILE, weights_only_loads
+from system.model.ds_config import deepspeed_config, skip_single_rank_allreduce, warmup_cosine
+from system.model.factory import add_class_head, create_clip, preprocess_for
+from system.model.optim import build_adamw
+from system.model.schedule import Schedule, stage1_schedule
+from system.runtime.data import configure_data_context, train_batches, train_dataset, val_probe
+from system.runtime.monitor import TrainMonitor
+from system.runtime.resume import checkpoint_directory
+from system.runtime.stage_inputs import StageInputs
+from system.runtime.stream_cursor import STREAM_FILE, ResumableTrainStream, StreamCursor, StreamState
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks. NCCL reduces only GPU tensors, gloo CPU ones: go through the backend's device."""
+    if not torch.distributed.is_initialized():
+        return t
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    out = t.to(device)
+    torch.distributed.all_reduce(out)
+    return out.to(t.device)
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    return _all_reduce(torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import deepspeed  # imported on the worker: the driver never needs DeepSpeed
+
+    cfg = config_from_dict(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.run.seed)  # identical init everywhere; DeepSpeed also broadcasts rank 0's weights
+    prototypes = torch.tensor(
+        np.asarray(ray.get(loop_config["prototypes_ref"])), dtype=torch.float32
+    )  # [K, d]
+
+    model = create_clip(
+        cfg.model.arch, cfg.model.pretrained, cfg.data.image_size, lock_text=cfg.model.lock_text
+    )
+    if cfg.loss.ce_weight > 0:
+        add_class_head(model, prototypes.shape[0])
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    preprocess = preprocess_for(model)
+    loss_fn = Stage1Loss(
+        prototypes,
+        contrastive_weight=cfg.loss.contrastive_weight,
+        proto_weight=cfg.loss.proto_weight,
+        proto_temperature=cfg.loss.proto_temperature,
+        distill_weight=cfg.loss.distill_weight,
+        label_smoothing=cfg.loss.label_smoothing,
+        local_loss=cfg.loss.local_loss,
+        gather_with_grad=cfg.loss.gather_with_grad,
+        proto_modalities=cfg.loss.proto_modalities,
+        ce_weight=cfg.loss.ce_weight,
+    )
+    schedule: Schedule = loop_config["schedule"]
+    optimizer = build_adamw(model, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(schedule.total_steps, cfg.optim.warmup_fraction)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg.train, cfg.optim),
+    )
+    skip_single_rank_allreduce(engine, world, cfg.train.zero_stage)
+    if cfg.train.compile:
+        # in place: the state-dict keys (checkpoints, export) stay those of the module
+        engine.compile(backend=cfg.train.compile_backend)
+    device = engine.device
+    configure_device_math(device)
+    loss_fn.to(device)
+    teacher = frozen_teacher(cfg, device) if cfg.loss.distill_weight > 0 else None
+    step_fn = Stage1Step(engine, module_of(engine), loss_fn, preprocess, cfg.train.precision, teacher)
+
+    probe = StageOneProbe.build(
+        loop_config, cfg.model.arch, preprocess, device, rank, world, cfg.train.precision
+    )
+    step = 0
+    resumed: StreamState | None = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        # one local copy per node, complete before any rank reads it; weights only: storage cannot run code
+        with checkpoint_directory(checkpoint) as ckpt_dir, weights_only_loads():
+            engine.load_checkpoint(str(ckpt_dir))
+            meta = json.loads((ckpt_dir / META_FILE).read_text())
+            stream_file = ckpt_dir / STREAM_FILE
+            resumed = StreamState.from_json(stream_file.read_text()) if stream_file.is_file() else None
+        step = meta["step"]
+        if rank == 0:
+            print(f"[stage1] resumed after epoch {meta['epoch']} (step {step})", flush=True)
+    # what the stream has delivered (the dataset was built from the same checkpoint's stream state)
+    cursor = StreamCursor(loop_config.get("ledger"), resumed, rank)
+    trace = _row_trace(cfg, rank)
+    micro = step * cfg.train.grad_accum  # micro-batches consumed; `step` counts optimizer steps
+
+    meter = EpochMeter(resumed_from_step=step)
+    total_steps, resumed_at = schedule.total_steps, step
+    if rank == 0 and schedule.warning():
+        print(f"[stage1] warning: {schedule.warning()}", flush=True)
+    batches = train_batches(ray.train.get_dataset_shard("train"), cfg, device)
+    engine.train()
+    t_wait = time.perf_counter()
+    for batch in batches:
+        # Stop at the planned length (a run without a stream cursor re-reads the stream from its start).
+        if step >= total_steps:
+            break
+        meter.wait(time.perf_counter() - t_wait)
+        if "shard" in batch:
+            cursor.note(batch["shard"], batch["row"])
+            if trace is not None:
+                rows = zip(batch["shard"].tolist(), batch["row"].tolist(), strict=True)
+                trace.write("".join(f"{step + 1} {p} {r}\n" for p, r in rows))
+        result = step_fn(batch["image"], batch["text"], batch["label"])
+        engine.backward(result.loss)
+        engine.step()  # DeepSpeed steps the optimizer only at accumulation boundaries
+        meter.add(result, batch["label"].shape[0])
+        micro += 1
+        if micro % cfg.train.grad_accum:
+            t_wait = time.perf_counter()
+            continue
+        clamp_logit_scale_(module_of(engine))  # after the optimizer step, as open_clip
+        step += 1
+        if step >= total_steps:
+            pass  # the last report is made after the loop
+        elif schedule.is_report_step(step):
+            _end_epoch(
+                engine, cfg, schedule, meter, probe, schedule.report_of(step), step, world, rank, cursor
+            )
+        elif cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
+            # Between reports: Tune does not see it (EpochReports forwards reports only).
+            epoch = step * schedule.reports / schedule.total_steps  # fractional: between two reports
+            _save_and_report(engine, cfg, {"kind": "checkpoint", "epoch": epoch, "step": step}, rank, cursor)
+        t_wait = time.perf_counter()
+    if step > resumed_at and (step == total_steps or not schedule.is_report_step(step)):
+        # The last report, at the run's last step (or where a stream that stochastic resampling made a little
+        # short ended).
+        _end_epoch(engine, cfg, schedule, meter, probe, schedule.reports, step, world, rank, cursor)
+    if trace is not None:
+        trace.close()
+
+
+def _row_trace(cfg: Config, rank: int):
+    """train.trace_rows_dir: this worker's file of trained rows (one per worker process: a restarted worker
+    group writes new files), lines of `step shard_position reader_row`."""
+    if not cfg.train.trace_rows_dir:
+        return None
+    out = Path(cfg.train.trace_rows_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return open(out / f"rank{rank}-{os.getpid()}.txt", "a", buffering=1)  # noqa: SIM115 - closed by the loop
+
+
+class StageOneProbe:
+    """A fixed subset of the selection split scored after every epoch: leave-one-out class-mean top-1 (the
+    per-epoch sweep metric) and zero-shot top-1 against the class-name prompts.
+
+    Each rank embeds its slice; class sums and correct counts are summed over ranks. The encoders run under the
+    training's autocast. Every rank runs the same number of forward passes (ZeRO-3 gathers parameters
+    collectively per forward), and under ZeRO-3 the root module's own parameters (text projection, positional
+    embedding), which `encode_text` reads outside any submodule's forward, are gathered around the probe.
+    """
+
+    BATCH = 256
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        tokens: torch.Tensor,
+        preprocess,
+        device,
+        batches: int,
+        precision: str = "fp32",
+    ):
+        self.images, self.labels = images, labels  # [n, 3, S, S] uint8, [n] int64: this rank's slice
+        self.tokens = tokens  # [K, L] class-name prompts
+        self.preprocess, self.device, self.batches, self.precision = preprocess, device, batches, precision
+
+    @classmethod
+    def build(
+        cls,
+        loop_config: dict[str, Any],
+        arch: str,
+        preprocess,
+        device,
+        rank: int,
+        world: int,
+        precision: str = "fp32",
+    ):
+        if loop_config.get("probe_ref") is None:
+            return None
+        from system.model.factory import tokenizer_for
+        from system.text.filter import PROMPT_TEMPLATES
+
+        data = ray.get(loop_config["probe_ref"])
+        per_rank = -(-len(data["label"]) // world)  # ceil, so every rank plans the same batch count
+        rows = slice(rank * per_rank, (rank + 1) * per_rank)
+        prompts = [PROMPT_TEMPLATES[0].format(name=n) for n in loop_config["class_names"]]
+        tokens = tokenizer_for(arch)(prompts)
+        return cls(
+            data["image"][rows],
+            data["label"][rows],
+            tokens,
+            preprocess,
+            device,
+            -(-per_rank // cls.BATCH),
+            precision,
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, num_classes: int) -> dict[str, float]:
+        """Zero-shot and leave-one-out class-mean top-1 (%) over every rank's slice, and the sample count."""
+        was_training = model.training
+        model.eval()
+        with _root_params_gathered(model), autocast(self.precision, self.device):
+            text = model.encode_text(self.tokens.to(self.device), normalize=True).float()  # [K, d]
+            feats = []
+            for j in range(self.batches):
+                images = self.images[j * self.BATCH : (j + 1) * self.BATCH]
+                n = len(images)
+                if n == 0:  # this rank ran out: a dummy forward keeps the ranks' forward counts equal
+                    images = np.zeros((1, *self.images.shape[1:]), np.uint8)
+                x = self.preprocess(
+                    torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+                )  # [b, 3, S, S]
+                feats.append(model.encode_image(x, normalize=True)[:n].float().cpu())  # [n, d]
+        model.train(was_training)
+        f = torch.cat(feats) if feats else torch.zeros(0, text.shape[1])  # [n, d]
+        y = torch.from_numpy(self.labels).long()  # [n]
+        zs_correct = float(((f @ text.cpu().T).argmax(dim=1) == y).sum()) if len(y) else 0.0
+        # Class sums over all ranks, then every rank scores its own samples leave-one-out.
+        acc = ClassMeanAccumulator(num_classes, f.shape[1]).update(f, y)
+        sums, counts = _all_reduce(acc.sums), _all_reduce(acc.counts.double())  # [K, d], [K]
+        ncm_correct = (
+            float((leave_one_out_class_mean_predictions(f, y, sums, counts) == y).sum()) if len(y) else 0.0
+        )
+        zs, ncm, seen = _all_reduce_sum([zs_correct, ncm_correct, float(len(y))])
+        return {
+            "val_ncm_top1": 100.0 * ncm / max(seen, 1.0),
+            "val_zs_top1": 100.0 * zs / max(seen, 1.0),
+            "val_probe_samples": int(seen),
+        }
+
+
+def _root_params_gathered(model: torch.nn.Module):
+    """Under ZeRO-3, gather the parameters the root module owns directly (its submodules fetch their own in
+    their forward hooks); a no-op otherwise."""
+    import contextlib
+
+    own = [p for p in model.parameters(recurse=False) if hasattr(p, "ds_id")]
+    if not own:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(own, modifier_rank=None)
+
+
+class EpochMeter:
+    """Per-epoch sums on one rank: loss terms, samples, steps, time blocked on data, wall time.
+
+    The loss terms are summed on the device and read once per epoch (`reduce`): reading them every step would
+    make the host wait for the device at each micro-step.
+    """
+
+    def __init__(self, resumed_from_step: int = 0) -> None:
+        self.resumed_from_step = resumed_from_step
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.logit_scale: torch.Tensor | None = None  # [1], the last step's
+        self.samples, self.steps, self.wait_s = 0, 0, 0.0
+        self.t0 = time.perf_counter()
+
+    def wait(self, seconds: float) -> None:
+        self.wait_s += seconds
+
+    def add(self, result: StepResult, samples: int) -> None:
+        for k, v in [*result.terms.items(), ("loss", result.loss)]:
+            v = v.detach().reshape(())
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.logit_scale = result.logit_scale
+        self.samples += samples
+        self.steps += 1
+
+    def reduce(self, world: int) -> dict[str, float]:
+        """Metrics over all ranks (only rank 0's report survives in Ray, so reduce before reporting)."""
+        keys = sorted(self.sums)
+        elapsed = time.perf_counter() - self.t0
+        local = [float(v) for v in torch.stack([self.sums[k] for k in keys]).double().cpu()] if keys else []
+        vals = _all_reduce_sum(local + [self.steps, self.samples, self.wait_s, elapsed])
+        steps, samples, wait_s, elapsed_sum = vals[-4:]
+        out = {k: v / max(steps, 1) for k, v in zip(keys, vals[: len(keys)], strict=True)}
+        out.update(
+            samples=int(samples),
+            samples_per_s=samples / max(elapsed_sum / world, 1e-9),
+            samples_per_s_per_worker=samples / max(elapsed_sum, 1e-9),
+            data_wait_fraction=wait_s / max(elapsed_sum, 1e-9),
+            epoch_s=elapsed_sum / world,
+        )
+        if self.logit_scale is not None:
+            out["logit_scale"] = float(self.logit_scale.reshape(-1)[0])
+        return out
+
+
+def _end_epoch(
+    engine,
+    cfg: Config,
+    schedule: Schedule,
+    meter: EpochMeter,
+    probe,
+    epoch: int,
+    step: int,
+    world: int,
+    rank: int,
+    cursor: StreamCursor,
+) -> None:
+    """Reduce metrics, print progress on rank 0, checkpoint (all ranks save, then all report) or just report."""
+    metrics = meter.reduce(world)
+    if probe is not None:
+        metrics.update(probe.evaluate(module_of(engine), len(probe.tokens)))
+        # val_score is the sweep metric in every report: here the leave-one-out class-mean top-1 of the
+        # probe (how well the features separate classes, what stage 2's prototype branch uses, defined for
+        # every loss variant); in the trial's final report the chosen classifier's val top-1 (runtime.sweep).
+        metrics["val_score"] = metrics["val_ncm_top1"]
+    metrics.update(
+        resumed_from_step=meter.resumed_from_step,
+        epoch=epoch,  # the report's index (the epoch under train.epochs; system/model/schedule.py)
+        data_epoch=schedule.epoch_of(step),
+        step=step,
+        lr=float(engine.get_lr()[0]),
+    )
+    if rank == 0:
+        terms = " ".join(f"{k}={metrics[k]:.3f}" for k in sorted(metrics) if k.endswith("loss"))
+        probe_txt = (
+            f" val class-mean {metrics['val_ncm_top1']:.1f}% zero-shot {metrics['val_zs_top1']:.1f}%"
+            if "val_ncm_top1" in metrics
+            else ""
+        )
+        print(
+            f"[stage1] epoch {epoch}/{schedule.reports} step {step}/{schedule.total_steps} {terms}{probe_txt} "
+            f"{metrics['samples_per_s']:.0f} samples/s, data-wait {100 * metrics['data_wait_fraction']:.0f}%",
+            flush=True,
+        )
+    metrics["kind"] = "epoch"
+    if epoch == schedule.reports or epoch % cfg.train.checkpoint_every_epochs == 0:
+        _save_and_report(engine, cfg, metrics, rank, cursor)
+    else:
+        _report(cfg, metrics)
+    meter.reset()
+
+
+def _report(cfg: Config, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    """One `ray.train.report`. Under train.async_checkpoint_upload every report is asynchronous (Ray orders
+    reports, so a synchronous one would wait for the upload before it); the checkpoint's local directory is
+    then deleted by Ray once uploaded."""
+    from ray.train import CheckpointUploadMode
+
+    checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    if cfg.train.async_checkpoint_upload:
+        ray.train.report(
+            metrics,
+            checkpoint=checkpoint,
+            checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
+    else:
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _save_and_report(engine, cfg: Config, metrics: dict[str, Any], rank: int, cursor: StreamCursor) -> None:
+    """ZeRO checkpoint: every rank saves its files, then every rank reports (docs/stack-notes.md); Ray merges
+    them. Rank 0 adds the stream's state (system/runtime/stream_cursor.py), pooled from every rank."""
+    stream = cursor.checkpoint()  # collective: every rank, same step
+    if stream is not None:
+        metrics = {**metrics, "stream_start": stream.start, "stream_consumed_rows": stream.consumed_rows}
+    # an asynchronous upload reads the directory after this returns: Ray deletes it once uploaded
+    tmp, handed_to_ray = tempfile.mkdtemp(prefix="uniproto-ckpt-"), False
+    try:
+        engine.save_checkpoint(tmp, tag=f"step{metrics['step']}")
+        engine.save_16bit_model(tmp, MODEL_FILE)  # consolidated weights (rank 0 writes)
+        if rank == 0:
+            meta = {
+                "epoch": metrics["epoch"],
+                "step": metrics["step"],
+                "arch": cfg.model.arch,
+                "image_size": cfg.data.image_size,
+                "precision": cfg.train.precision,
+            }
+            (Path(tmp) / META_FILE).write_text(json.dumps(meta))
+            if stream is not None:
+                (Path(tmp) / STREAM_FILE).write_text(stream.to_json())
+        _report(cfg, metrics, tmp)
+        handed_to_ray = cfg.train.async_checkpoint_upload
+    finally:
+        if not handed_to_ray:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def frozen_teacher(cfg: Config, device) -> torch.nn.Module:
+    """The pretrained model, frozen: the distillation target (docs/method.md, beta)."""
+    teacher = create_clip(cfg.model.arch, cfg.model.pretrained, cfg.data.image_size).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def tensorboard_dir(storage: str, name: str) -> str:
+    """TensorBoard events of a Train run live beside its checkpoints, on the (shared) storage."""
+    return f"{storage.rstrip('/')}/{name}/tensorboard"
+
+
+def build_trainer(
+    cfg: Config,
+    train_dataset: ray.data.Dataset | ResumableTrainStream,
+    prototypes: np.ndarray,
+    schedule: Schedule,
+    name: str,
+    storage_path: str,
+    callbacks: list | None = None,
+    probe: dict[str, np.ndarray] | None = None,
+    class_names: list[str] | None = None,
+    ledger=None,
+) -> TorchTrainer:
+    """A TorchTrainer for stage 1. Running it again with the same name and storage resumes (Train V2)."""
+    # Workers inherit the driver's environment only on a local Ray (docs/stack-notes.md): pass what they need.
+    env = {k: str(v) for k, v in cfg.train.worker_env.items()}
+    if not cfg.train.use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"  # the process-group backend follows use_gpu: gloo on CPU, NCCL on GPU
+    storage = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
+    in_tune = any(isinstance(c, TuneReportCallback) for c in callbacks or [])  # Tune shows trial progress
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "prototypes_ref": ray.put(prototypes),
+            "schedule": schedule,
+            "probe_ref": ray.put(probe) if probe is not None else None,
+            "class_names": list(class_names or []),
+            "ledger": ledger,  # the stream cursor's source of each shard's final row count
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker}
+            | ({"GPU": 1} if cfg.train.use_gpu else {}),
+        ),
+        datasets={"train": train_dataset},
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=[
+                TrainMonitor(name, schedule.reports, tensorboard_dir(storage, name), bar=not in_tune),
+                *(callbacks or []),
+            ],
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+
+
+def run_stage1(cfg: Config, inputs: StageInputs, name: str, callbacks: list | None = None, ledger=None):
+    """Fit stage 1 and return the Ray Train Result (its checkpoint holds model.pt). With a `ledger`
+    (system.runtime.reader.new_ledger), the train stream's skip counts are recorded in it."""
+    configure_data_context(cfg)
+    manifest = inputs.manifest
+    # resampling keeps the epoch size in expectation
+    schedule = stage1_schedule(cfg.train, int(sum(manifest.train_counts)))
+    if ledger is None:
+        from system.runtime.reader import new_ledger
+
+        ledger = new_ledger()  # the stream cursor needs each shard's row count
+    paths, pools = inputs.paths["train"], inputs.pools
+
+    def stream(resume: StreamState | None):
+        # Train calls this in its controller process, whose DataContext is Ray's default: the dataset takes
+        # a copy of the current one when it is built (no-progress timeout, progress bars)
+        configure_data_context(cfg)
+        return train_dataset(cfg, schedule, manifest, paths, pools, ledger=ledger, resume=resume)
+
+    storage = inputs.storage_path
+    storage = os.path.abspath(storage) if "://" not in storage else storage
+    ds = ResumableTrainStream(stream, storage, name)
+    probe = None
+    if cfg.eval.stage1_val_samples:
+        split = cfg.eval.select_split
+        probe = val_probe(cfg, manifest, inputs.paths[split], split)
+    trainer = build_trainer(
+        cfg,
+        ds,
+        inputs.prototypes,
+        schedule,
+        name=name,
+        storage_path=inputs.storage_path,
+        callbacks=callbacks,
+        probe=probe,
+        class_names=manifest.class_names,
+        ledger=ledger,
+    )
+    return trainer.fit()
