@@ -23,7 +23,10 @@ def parse_args(prog: str, doc: str | None, argv: list[str] | None, extra=None) -
     add_config_args(parser)
     if extra:
         extra(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.verbose:
+        args.set.append("run.verbose=true")
+    return args
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +37,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. train.epochs=3",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="third-party INFO logs (Ray, DeepSpeed, open_clip) and Tune's status table (run.verbose=true)",
     )
 
 

@@ -38,6 +38,9 @@ class RunSection:
     name: str = "demo"  # run directory: <output_dir>/<name>
     output_dir: str = "runs"
     seed: int = knob(0, lo=0)
+    # Third-party INFO logs (Ray Train, Tune, Data, DeepSpeed, open_clip) and Tune's status table; `--verbose`
+    # sets it. Off: our own lines only (system/log_levels.py).
+    verbose: bool = False
 
 
 @dataclass
@@ -220,7 +223,8 @@ class FinetuneSection:
     feature_actors_max: int | None = knob(None, lo=1)
     feature_actor_cpus: float = knob(1.0, gt=0.0)
     # The head is fitted on at most this many train features per class (None: all), in a Ray task's memory;
-    # the convex fit's class weights stay those of the whole split. Only the convex fit takes a cap.
+    # the convex fit's class weights stay those of the whole split. Only the convex fit takes a cap. Which rows
+    # are kept follows from each row's identity (shard position, ordinal) and run.seed, not arrival order.
     max_per_class: int | None = knob(None, lo=1)
 
 

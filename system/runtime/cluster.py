@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import ray
 
 from system.config import Config
+from system.log_levels import VERBOSE_ENV, quiet_third_party_logs, verbose_from_env
+
+RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")  # Ray Data's console at WARNING
+WORKER_SETUP_HOOK = "system.runtime.cluster.quiet_worker"
+
+
+def quiet_logs(verbose: bool | None = None) -> None:
+    """`quiet_third_party_logs` (None: UNIPROTO_VERBOSE), plus Ray Data's once-per-process warning that its
+    progress bars are off, which `ray.data_progress_bars` does on purpose: marked as already given."""
+    quiet_third_party_logs(verbose)
+    if not verbose_from_env():
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
+
+
+def quiet_worker() -> None:
+    """Ray's worker_process_setup_hook on a local Ray: every worker, Ray's own actors included."""
+    quiet_logs(None)
 
 
 def init_ray(cfg: Config) -> str:
@@ -15,6 +35,7 @@ def init_ray(cfg: Config) -> str:
     address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
     if ray.is_initialized():
         return "already initialised"
+    quiet_logs(cfg.run.verbose)
     if address:
         ray.init(address=address, log_to_driver=True)
         return f"connected to {address}"
@@ -30,9 +51,10 @@ def init_ray(cfg: Config) -> str:
         dashboard_host="127.0.0.1",
         dashboard_port=port,
         log_to_driver=True,
-        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}", **LOCAL_WORKER_ENV}},
+        runtime_env=local_runtime_env(cfg, port),
         _system_config=local_system_config(cfg),
     )
+    quiet_logs(cfg.run.verbose)  # again: the driver's Ray Data console handler exists by now
     return f"local Ray with {cfg.ray.num_cpus} logical CPUs (dashboard http://127.0.0.1:{port})"
 
 
@@ -41,6 +63,19 @@ def init_ray(cfg: Config) -> str:
 # their speed (2 cores: ten idle actors slowed a 2-thread torch loop by 13%), so a local Ray keeps no process
 # it does not need: no watcher for node preemption (one node cannot be drained; clusters keep Ray's default) ...
 LOCAL_WORKER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def local_runtime_env(cfg: Config, dashboard_port: int) -> dict:
+    """Every worker of a local Ray: where the dashboard is, the quiet or verbose logs (the setup hook runs first
+    in each worker, Ray's own actors included; Ray Data reads its logging config at import)."""
+    env = {
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
+        VERBOSE_ENV: "1" if cfg.run.verbose else "0",
+        **LOCAL_WORKER_ENV,
+    }
+    if not cfg.run.verbose:
+        env["RAY_DATA_LOGGING_CONFIG"] = str(RAY_DATA_LOGGING)
+    return {"env_vars": env, "worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 def local_system_config(cfg: Config) -> dict[str, int]:

@@ -7,14 +7,14 @@ cluster when unset). A split's features are materialized in Ray's object store (
 than it), and then:
 - class sums and counts (the class-mean prototypes and the centroid geometry) and the head's mean logit per
   class are streaming reductions: the driver holds one running [K, d] sum, whatever the split's size;
-- the head is fitted in a Ray task that gathers the train features (at most `finetune.max_per_class` per class)
-  and the selection split's, so they never reach the driver;
+- the head is fitted in a Ray task that gathers the train features (at most `finetune.max_per_class` per class,
+  chosen by a hash of each row's identity) and the selection split's, so they never reach the driver;
 - only the selection and report splits' logits ([N, K] each, the small splits) come back to the driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +72,9 @@ class FeatureEncoder:
     ):
         from system.method.stage1_step import configure_device_math
         from system.model.factory import create_clip, preprocess_for
+        from system.runtime.cluster import quiet_logs
+
+        quiet_logs(None)  # open_clip's model-building lines, unless UNIPROTO_VERBOSE
 
         gpus = ray.get_gpu_ids() if ray.is_initialized() else []  # outside Ray (a test): the CPU
         self.device = torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
@@ -94,8 +97,11 @@ class FeatureEncoder:
             x = self.preprocess(torch.from_numpy(images).to(self.device, non_blocking=True))  # [N, 3, S, S]
             f = self.model.encode_image(x, normalize=True)  # [N, d]
         out = {"feature": f.float().cpu().numpy(), "label": batch["label"]}
-        if "shard" in batch:  # the row's shard position: which split it belongs to (`SplitFeatures`)
-            out["shard"] = batch["shard"]
+        # the row's identity: its shard position says which split it belongs to (`SplitFeatures`); with the
+        # ordinal in the shard it picks the rows a per-class cap keeps
+        for column in ("shard", "row"):
+            if column in batch:
+                out[column] = batch[column]
         return out
 
 
@@ -230,14 +236,16 @@ def _branch_batch(
     proto_scale: float,
     adjust: torch.Tensor | None,
     rows: tuple[int, int] | None = None,
-) -> dict[str, np.ndarray]:
+) -> Iterator[dict[str, np.ndarray]]:
     from system.method.finetune import branch_logits
 
     batch = _rows(batch, rows)
+    if not len(batch["label"]):
+        return  # a block of another split: nothing (Arrow cannot hold an empty [0, K] column as a tensor)
     # Arrow's buffers are read-only, and torch.from_numpy warns on them
     f = np.require(batch["feature"], dtype=np.float32, requirements=["C", "W"])  # [B, d]
     z = branch_logits(head, mu, f, np.asarray(batch["label"]), proto_scale, adjust)
-    return {"head": z.head, "proto": z.proto, "label": z.labels}
+    yield {"head": z.head, "proto": z.proto, "label": z.labels}
 
 
 def split_logits(
@@ -270,46 +278,48 @@ def split_logits(
 
 
 def gather_splits(
-    ds: ray.data.Dataset, parts: dict[str, tuple[tuple[int, int] | None, int | None]]
+    ds: ray.data.Dataset, parts: dict[str, tuple[tuple[int, int] | None, int | None]], seed: int = 0
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """For each part name -> (shard-position range or None for all rows, per-class cap or None): features
-    [N, d] float32 and labels [N] of those rows of `ds` in its order, keeping the first `cap` rows of each
-    class. One pass over `ds` serves every part. Called inside the head-fit task, not on the driver."""
+    [N, d] float32 and labels [N] of those rows of `ds`. Uncapped, in `ds`'s order; capped, the `cap` rows of each
+    class with the smallest identity keys under `seed` (`PerClassCap`: the same rows whatever order the blocks
+    arrive in, which several encoder actors do not fix), ordered by class. One pass over `ds` serves every part.
+    Called inside the head-fit task, not on the driver."""
+    from system.data.row_draws import PerClassCap, row_keys
+
     feats: dict[str, list[np.ndarray]] = {name: [] for name in parts}
     labels: dict[str, list[np.ndarray]] = {name: [] for name in parts}
-    seen = {name: np.zeros(0, dtype=np.int64) for name in parts}
+    capped = {name: PerClassCap(cap) for name, (_, cap) in parts.items() if cap is not None}
     for whole in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for name, (rows, cap) in parts.items():
+        for name, (rows, _) in parts.items():
             batch = _rows(whole, rows)
             f, y = np.asarray(batch["feature"], dtype=np.float32), np.asarray(batch["label"], dtype=np.int64)
-            if cap is not None:
-                if y.size and y.max() >= seen[name].size:
-                    seen[name] = np.pad(seen[name], (0, int(y.max()) + 1 - seen[name].size))
-                # rank of each row within its class, counting the rows kept from earlier batches
-                order = np.argsort(y, kind="stable")
-                ys = y[order]
-                starts = np.searchsorted(ys, ys, side="left")
-                rank = np.empty_like(y)
-                rank[order] = np.arange(len(ys)) - starts + seen[name][ys]
-                keep = rank < cap
-                np.add.at(seen[name], y[keep], 1)
-                f, y = f[keep], y[keep]
+            if name in capped:
+                if "shard" not in batch or "row" not in batch:
+                    raise ValueError(
+                        "finetune.max_per_class: the features carry no row identity (columns shard and row)"
+                    )
+                capped[name].add(f, y, row_keys(batch["shard"], batch["row"], seed))
+                continue
             feats[name].append(f)
             labels[name].append(y)
     out = {}
     for name in parts:
-        if sum(len(y) for y in labels[name]) == 0:
+        got = capped[name].result() if name in capped else None
+        if got is None and sum(len(y) for y in labels[name]):
+            got = (np.concatenate(feats[name]), np.concatenate(labels[name]))
+        if got is None or not len(got[1]):
             raise RuntimeError(f"no decodable samples among the {name} rows")
-        out[name] = (np.concatenate(feats[name]), np.concatenate(labels[name]))
+        out[name] = got
     return out
 
 
 def gather_features(
-    ds: ray.data.Dataset, max_per_class: int | None = None, rows: tuple[int, int] | None = None
+    ds: ray.data.Dataset, max_per_class: int | None = None, rows: tuple[int, int] | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """`gather_splits` for one part: the rows of shard positions `rows` (or all), at most `max_per_class` per
     class."""
-    return gather_splits(ds, {"requested": (rows, max_per_class)})["requested"]
+    return gather_splits(ds, {"requested": (rows, max_per_class)}, seed)["requested"]
 
 
 @ray.remote(num_cpus=1)
@@ -322,7 +332,9 @@ def _fit_head_task(
     train_rows: tuple[int, int],
     select_rows: tuple[int, int],
 ) -> tuple[torch.nn.Module, ProbeFit | None]:
-    parts = gather_splits(feats, {"train": (train_rows, cfg.max_per_class), "select": (select_rows, None)})
+    parts = gather_splits(
+        feats, {"train": (train_rows, cfg.max_per_class), "select": (select_rows, None)}, seed
+    )
     return fit_head(parts["train"], parts["select"], num_classes, cfg, seed, class_counts)
 
 

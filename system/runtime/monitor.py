@@ -1,5 +1,5 @@
 """Stage-1 observability on the Ray Train controller: a progress bar drawn on the driver, TensorBoard events,
-and the filter that lets Tune see epoch-end reports only.
+and the filter that lets Tune see epoch-end reports only; on the sweep's driver, one line per finished trial.
 
 Train V2 runs `UserCallback`s in its controller actor. `ray.experimental.tqdm_ray` bars created there are drawn
 by the driver. Sweeps turn the bar off: Tune's trial table is their progress display, and the bar of a trial
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ray import tune
 from ray.train import Checkpoint, UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -77,3 +78,25 @@ class EpochReports(TuneReportCallback):
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
         if metrics and metrics[0].get("kind") == "epoch":
             super().after_report(run_context, metrics, checkpoint)
+
+
+class TrialLines(tune.Callback):
+    """One line on the sweep's driver per trial that ends: its parameters, how it ended, the val top-1 of its
+    chosen classifier. With Tune's status table off (not `run.verbose`), these and each trial's epoch lines are
+    the sweep's progress."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def _line(self, trial, how: str) -> None:
+        self.ended += 1
+        params = ", ".join(f"{k}={v}" for k, v in sorted((trial.config or {}).items()))
+        val = (trial.last_result or {}).get("val_top1")
+        score = f", val top-1 {val:.1f}%" if isinstance(val, (int, float)) else ""
+        print(f"[sweep] {trial.trial_id} {how} ({self.ended} ended){score}; {params}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._line(trial, "completed")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._line(trial, "failed")

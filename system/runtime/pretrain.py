@@ -19,11 +19,19 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from system.config import Config, config_from_dict
+from system.log_levels import VERBOSE_ENV
 from system.method.heads import ClassMeanAccumulator, leave_one_out_class_mean_predictions
 from system.method.losses import Stage1Loss
 from system.method.stage1_step import (
@@ -39,6 +47,7 @@ from system.model.ds_config import deepspeed_config, skip_single_rank_allreduce,
 from system.model.factory import add_class_head, create_clip, preprocess_for
 from system.model.optim import build_adamw
 from system.model.schedule import Schedule, stage1_schedule
+from system.runtime.cluster import quiet_logs
 from system.runtime.data import configure_data_context, train_batches, train_dataset, val_probe
 from system.runtime.monitor import TrainMonitor
 from system.runtime.resume import checkpoint_directory
@@ -64,6 +73,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import deepspeed  # imported on the worker: the driver never needs DeepSpeed
 
     cfg = config_from_dict(loop_config["cfg"])
+    quiet_logs(cfg.run.verbose)  # after DeepSpeed's import, which sets its own logger's level
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.run.seed)  # identical init everywhere; DeepSpeed also broadcasts rank 0's weights
@@ -466,6 +476,10 @@ def build_trainer(
     env = {k: str(v) for k, v in cfg.train.worker_env.items()}
     if not cfg.train.use_gpu:
         env["DS_ACCELERATOR"] = "cpu"  # the process-group backend follows use_gpu: gloo on CPU, NCCL on GPU
+    # Train patches `print` on its workers to log through the root logger and, where Ray has wrapped stdout
+    # (always, on a Ray worker), to print as well: every line twice. Our lines are plain prints.
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    env.setdefault(VERBOSE_ENV, "1" if cfg.run.verbose else "0")
     storage = os.path.abspath(storage_path) if "://" not in storage_path else storage_path
     in_tune = any(isinstance(c, TuneReportCallback) for c in callbacks or [])  # Tune shows trial progress
     return TorchTrainer(
@@ -494,7 +508,9 @@ def build_trainer(
                 TrainMonitor(name, schedule.reports, tensorboard_dir(storage, name), bar=not in_tune),
                 *(callbacks or []),
             ],
-            worker_runtime_env={"env_vars": env} if env else None,
+            worker_runtime_env={"env_vars": env},
+            # Train's own INFO lines (worker group start, every report and checkpoint) only when verbose
+            logging_config=LoggingConfig(log_level="INFO" if cfg.run.verbose else "WARNING"),
         ),
     )
 

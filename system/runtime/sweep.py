@@ -44,12 +44,14 @@ from system.method.finetune import (
 from system.method.heads import head_weight_norm
 from system.model.checkpoint import MODEL_FILE
 from system.model.schedule import stage1_schedule
+from system.runtime.cluster import quiet_logs
 from system.runtime.data import configure_data_context
 from system.runtime.features import class_sums, feature_dataset, fit_head_remote, mean_logits, split_logits
-from system.runtime.monitor import EpochReports
+from system.runtime.monitor import EpochReports, TrialLines
 from system.runtime.pretrain import run_stage1
 from system.runtime.reader import ledger_summary, new_ledger
 from system.runtime.stage_inputs import StageInputs
+from system.runtime.trial_slots import FreeSlots, slots_name, start_slots
 
 LOGITS_FILE = "logits.npz"
 TRIAL_FILE = "trial.json"
@@ -184,10 +186,27 @@ def seed_prototypes(cfg: Config, inputs: StageInputs) -> StageInputs:
     return inputs.replace(prototypes=prototypes, prototype_stats=stats, prototype_seed=cfg.run.seed)
 
 
-def trial(params: dict[str, Any], base: dict[str, Any], inputs: StageInputs) -> None:
-    """One Tune trial. `params` maps dotted config keys to this trial's values."""
+def trial(
+    params: dict[str, Any], base: dict[str, Any], inputs: StageInputs, slots: str | None = None
+) -> None:
+    """One Tune trial. `params` maps dotted config keys to this trial's values; `slots` names the sweep's
+    `TrialSlots` actor, from which the trial takes a slot for its stages."""
+    import ray
+
     cfg = config_from_dict(base, params)
+    quiet_logs(cfg.run.verbose)
     trial_id = tune.get_context().get_trial_id()
+    if slots is None:
+        return _run_trial(cfg, params, inputs, trial_id)
+    actor = ray.get_actor(slots)
+    ray.get(actor.acquire.remote(trial_id))
+    try:
+        _run_trial(cfg, params, inputs, trial_id)
+    finally:
+        ray.get(actor.release.remote(trial_id))
+
+
+def _run_trial(cfg: Config, params: dict[str, Any], inputs: StageInputs, trial_id: str) -> None:
     t0 = time.perf_counter()
     inputs = seed_prototypes(cfg, inputs)
     # The Train run's name comes from the trial id, so a restored trial resumes its own stage-1 checkpoints.
@@ -296,10 +315,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Keys that size the stage-2 feature pass's actor pool: how wide it runs, not what a trial computes (the head
-# fit is full-batch, so the order in which the actors return features does not change it).
+# Keys that change how a trial runs, not what it computes: the size of the stage-2 feature pass's actor pool (the
+# head fit is full-batch, and a per-class cap keeps rows by identity, so the order in which the actors return
+# features does not change it) and how much the run logs.
 PLACEMENT_KEYS = frozenset(
-    {"finetune.feature_actors_min", "finetune.feature_actors_max", "finetune.feature_actor_cpus"}
+    {
+        "finetune.feature_actors_min",
+        "finetune.feature_actors_max",
+        "finetune.feature_actor_cpus",
+        "run.verbose",
+    }
 )
 
 
@@ -357,18 +382,21 @@ def run_sweep(cfg: Config, space: Space, inputs: StageInputs, run_dir: Path) -> 
 
     tuned, eval_only = split_space(space)
     inputs = inputs.replace(lambda_spec=eval_only.get("finetune.blend_weight"))
-    trainable = tune.with_parameters(trial, base=cfg.to_dict(), inputs=inputs)
-    # The trial function coordinates its Train run and then fits stage 2 on the features: a sliver of a CPU
-    # reserved (Tune refuses an all-zero request), so it lands on a worker node, never on a 0-CPU head.
-    trainable = tune.with_resources(trainable, {"cpu": 0.01})
-    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), autoscaler_max_resources())
-    # Tune's iterations: one per stage-1 report (the base config's schedule: under train.epochs a space that
-    # varies the batch changes a trial's count), +1 for the stage-2 report
-    reports = stage1_schedule(cfg.train, int(sum(inputs.manifest.train_counts))).reports
     storage = inputs.storage_path
     storage = os.path.abspath(storage) if "://" not in storage else storage
     name = f"{cfg.run.name}-sweep"
     exp_path = f"{storage.rstrip('/')}/{name}"
+    concurrency = max_concurrent_trials(cfg, ray.cluster_resources(), autoscaler_max_resources())
+    # The trials hold the concurrency limit themselves (a restored sweep starts every unfinished trial at once).
+    # Held until the sweep ends: a named actor that is not detached dies with the last handle to it.
+    slots = start_slots(exp_path, concurrency)
+    trainable = tune.with_parameters(trial, base=cfg.to_dict(), inputs=inputs, slots=slots_name(exp_path))
+    # The trial function coordinates its Train run and then fits stage 2 on the features: a sliver of a CPU
+    # reserved (Tune refuses an all-zero request), so it lands on a worker node, never on a 0-CPU head.
+    trainable = tune.with_resources(trainable, {"cpu": 0.01})
+    # Tune's iterations: one per stage-1 report (the base config's schedule: under train.epochs a space that
+    # varies the batch changes a trial's count), +1 for the stage-2 report
+    reports = stage1_schedule(cfg.train, int(sum(inputs.manifest.train_counts))).reports
     fp_file = run_dir / FINGERPRINT_FILE
     restored = tune.Tuner.can_restore(exp_path)
     if restored:
@@ -397,7 +425,10 @@ def run_sweep(cfg: Config, space: Space, inputs: StageInputs, run_dir: Path) -> 
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                verbose=1,
+                # Tune's status table only when verbose: a trial's epochs print one line each, and every
+                # finished trial one more (TrialLines)
+                verbose=1 if cfg.run.verbose else 0,
+                callbacks=[TrialLines(), FreeSlots(exp_path)],
                 # a restarted trial runs trial() again: its Train run (named by the trial id) resumes
                 failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
             ),
@@ -407,6 +438,7 @@ def run_sweep(cfg: Config, space: Space, inputs: StageInputs, run_dir: Path) -> 
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
+    ray.kill(slots)
     return {
         "trials": [trial_record(res) for res in grid],
         "sweep": {

@@ -52,6 +52,7 @@ def test_streaming_stage2_equals_the_in_memory_computation():
     import ray
     import ray.data
 
+    from system.data.row_draws import row_keys
     from system.runtime.features import (
         class_sums,
         fit_head_remote,
@@ -102,10 +103,22 @@ def test_streaming_stage2_equals_the_in_memory_computation():
         # the mean logit per class over train
         bias = positive_bias(local, torch.from_numpy(train[0]), K)["mean_logit"]
         assert np.allclose(mean_logits(both, head, tr_rows), bias, atol=1e-5)
-        # the cap keeps the first rows of each class, in the dataset's order
-        f, y = gather_features(tr, max_per_class=5)
-        assert np.bincount(y, minlength=K).tolist() == [min(5, c) for c in counts]
-        for c in range(K):
-            assert np.array_equal(f[y == c], train[0][train[1] == c][:5])
+        # the cap keeps, of each class, the rows with the smallest identity keys under the seed: the same rows
+        # whatever the blocks' order, ordered by class then key
+        ident = [
+            {"feature": f, "label": int(y), "shard": i % 7, "row": i // 7}
+            for i, (f, y) in enumerate(zip(*train, strict=True))
+        ]
+        keys = row_keys(np.arange(300) % 7, np.arange(300) // 7, seed=3)
+        expect = np.concatenate(
+            [np.flatnonzero(train[1] == c)[np.argsort(keys[train[1] == c])][:5] for c in range(K)]
+        )
+        for items_in, blocks in ((ident, 7), (ident[::-1], 5)):
+            ds = ray.data.from_items(items_in, override_num_blocks=blocks).materialize()
+            f, y = gather_features(ds, max_per_class=5, seed=3)
+            assert np.bincount(y, minlength=K).tolist() == [min(5, c) for c in counts]
+            assert np.array_equal(f, train[0][expect]) and np.array_equal(y, train[1][expect])
+        with pytest.raises(ValueError, match="no row identity"):
+            gather_features(tr, max_per_class=5)
     finally:
         ray.shutdown()
