@@ -58,7 +58,10 @@ class DataSection:
     text_scorer_centroids: str | None = None
     attribute_prompts: bool = True  # add "a photo of a {name}, which has {attribute}." prompts
     caption_prob: float = knob(0.5, lo=0.0, hi=1.0)  # chance a row keeps its own (relevant) caption
-    filter_actors: int = knob(1, lo=1)  # actor-pool size of the text-filter stage
+    # The text-filter stage's actor pool: Ray Data starts filter_actors and grows it up to filter_actors_max
+    # (None: fixed at filter_actors) while rows wait for it and CPUs are free.
+    filter_actors: int = knob(1, lo=1)
+    filter_actors_max: int | None = knob(None, lo=1)
     # rows per block the tar reader yields = rows per decode batch (read and decode run fused in one task), and
     # rows per text-pairing batch
     decode_batch_size: int = knob(128, lo=1)
@@ -464,6 +467,11 @@ def _validate_cross(cfg: Config) -> None:
         raise ConfigError(
             f"finetune.head_fit: convex fits a linear head only; finetune.head={cfg.finetune.head} needs "
             "finetune.head_fit=sgd"
+        )
+    d = cfg.data
+    if d.filter_actors_max is not None and d.filter_actors > d.filter_actors_max:
+        raise ConfigError(
+            f"data.filter_actors: must be <= data.filter_actors_max ({d.filter_actors_max}), got {d.filter_actors}"
         )
     f = cfg.finetune
     if f.feature_actors_max is not None and f.feature_actors_min > f.feature_actors_max:

@@ -179,3 +179,16 @@ def test_worker_env_from_set_and_secret_names_refused():
     for name in ("AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "WANDB_API_KEY"):
         with pytest.raises(ConfigError, match=rf"train\.worker_env\.{name}: looks like a secret"):
             load_config(None, [f"train.worker_env.{name}=x"])
+
+
+def test_the_text_filter_pool_autoscales_between_its_bounds():
+    from system.runtime.data import filter_pool
+
+    fixed = filter_pool(load_config(None, ["data.filter_actors=2"]))
+    assert (fixed.min_size, fixed.max_size) == (2, 2)
+    grows = filter_pool(load_config(None, ["data.filter_actors=2", "data.filter_actors_max=6"]))
+    assert (grows.min_size, grows.max_size) == (2, 6)
+    with pytest.raises(
+        ConfigError, match=r"data\.filter_actors: must be <= data\.filter_actors_max \(1\), got 2"
+    ):
+        load_config(None, ["data.filter_actors=2", "data.filter_actors_max=1"])

@@ -208,6 +208,13 @@ def train_dataset(
     return with_text_pairing(cfg, manifest, ds, pools)
 
 
+def filter_pool(cfg: Config) -> ActorPoolStrategy:
+    """The text-filter stage's actor pool: data.filter_actors, autoscaling up to data.filter_actors_max."""
+    return ActorPoolStrategy(
+        min_size=cfg.data.filter_actors, max_size=cfg.data.filter_actors_max or cfg.data.filter_actors
+    )
+
+
 def with_text_pairing(
     cfg: Config, manifest: Manifest, ds: ray.data.Dataset, pools: dict[int, list[str]]
 ) -> ray.data.Dataset:
@@ -224,7 +231,7 @@ def with_text_pairing(
             "caption_prob": cfg.data.caption_prob,
             "seed": cfg.run.seed,
         },
-        compute=ActorPoolStrategy(size=cfg.data.filter_actors),
+        compute=filter_pool(cfg),
         batch_size=cfg.data.decode_batch_size,
         batch_format="numpy",
         num_cpus=cfg.data.filter_actor_cpus,

@@ -245,7 +245,8 @@ def tune_param_space(space: Space) -> dict[str, Any]:
 
 def trial_resources(cfg: Config) -> dict[str, float]:
     """What one trial holds while it runs: its Train workers plus the CPUs its data pipeline keeps busy."""
-    # read/decode tasks (about one CPU busy) + the text-filter actors at their reserved CPUs
+    # read/decode tasks (about one CPU busy) + the text-filter actors at their reserved CPUs (the pool's minimum:
+    # Ray Data grows it past that only into CPUs that are free)
     data_cpus = 1.0 + cfg.data.filter_actor_cpus * cfg.data.filter_actors
     need = {"CPU": cfg.train.num_workers * cfg.train.cpus_per_worker + data_cpus}
     if cfg.train.use_gpu:
