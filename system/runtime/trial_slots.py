@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from typing import Any
 
 import ray
@@ -56,8 +57,21 @@ def slots_name(experiment: str) -> str:
 
 
 def start_slots(experiment: str, size: int) -> ray.actor.ActorHandle:
-    """The sweep's slots (the driver calls this before Tune starts; an actor of that name is reused)."""
-    return TrialSlots.options(name=slots_name(experiment), get_if_exists=True).remote(size)
+    """The sweep's slots, fresh (the driver calls this before Tune starts). An actor left under that name by an
+    earlier sweep of this driver holds that sweep's trials: it is stopped first, and its name awaited."""
+    name = slots_name(experiment)
+    try:
+        ray.kill(ray.get_actor(name))
+    except ValueError:  # none: the usual case
+        pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            break
+        time.sleep(0.1)
+    return TrialSlots.options(name=name).remote(size)
 
 
 class FreeSlots(tune.Callback):

@@ -16,8 +16,12 @@ def test_slots_hold_the_limit_per_trial_id():
 
     ray.init(num_cpus=1, include_dashboard=False)
     try:
-        slots = start_slots("runs/x/ray/x-sweep", 2)
-        assert start_slots("runs/x/ray/x-sweep", 2)._actor_id == slots._actor_id  # one actor per sweep
+        stale = start_slots("runs/x/ray/x-sweep", 1)
+        ray.get(stale.acquire.remote("old"))  # an earlier sweep of this driver, under the same name
+        slots = start_slots("runs/x/ray/x-sweep", 2)  # fresh: the stale actor is stopped, its holders gone
+        assert ray.get(slots.held.remote()) == []
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(stale.held.remote(), timeout=10)
         assert slots_name("runs/x/ray/x-sweep") != slots_name("runs/y/ray/y-sweep")
         ray.get([slots.acquire.remote("a"), slots.acquire.remote("b")])
         ray.get(slots.acquire.remote("a"), timeout=10)  # "a" restarted: its own slot, no wait
