@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -226,15 +227,92 @@ def _build_shards(argv: list[str]) -> int:
 
 
 def _filter_text(argv: list[str]) -> int:
-    from system.text.filter_eval import main as filter_main
+    from pathlib import Path
 
-    return filter_main(argv)
+    from system.config import load_config
+    from system.text.filter_eval import run_filter_text
+
+    p = argparse.ArgumentParser(
+        prog="uniproto filter-text",
+        description="Run the text filter on a dataset's class corpus; per-class report; last line is JSON.",
+    )
+    p.add_argument("--root", required=True, help="dataset directory (manifest.json + text/)")
+    p.add_argument("--scorer", help="relevance scorer (lexical, minilm, clip_text, retrieval, ...)")
+    p.add_argument(
+        "--threshold", type=float, help="drop sentences scoring below (default: data.filter_threshold)"
+    )
+    p.add_argument("--top-k", type=int, help="keep at most K sentences per class")
+    p.add_argument("--config", help="a run config to take data./model. settings from")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--out", help="report folder (default: <run.output_dir>/filter-text/<scorer>)")
+    a = p.parse_args(argv)
+    overrides = list(a.set) + [f"data.root={json.dumps(a.root)}"]
+    if a.scorer is not None:
+        overrides.append(f"data.text_scorer={json.dumps(a.scorer)}")
+    if a.threshold is not None:
+        overrides.append(f"data.filter_threshold={a.threshold!r}")
+    if a.top_k is not None:
+        overrides.append(f"data.filter_top_k={a.top_k}")
+    cfg = load_config(a.config, overrides)
+    out = a.out or Path(cfg.run.output_dir) / "filter-text" / cfg.data.text_scorer
+    summary = run_filter_text(cfg, out)
+    if summary["precision"] is not None or summary["recall"] is not None:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        print(
+            f"[filter-text] {summary['scorer']}: dropping boilerplate precision {fmt(summary['precision'])}, "
+            f"recall {fmt(summary['recall'])} (kept {summary['kept']}, dropped {summary['dropped']}); "
+            f"report in {out}"
+        )
+    else:
+        print(
+            f"[filter-text] {summary['scorer']}: kept {summary['kept']}, dropped {summary['dropped']}; "
+            f"report in {out} (no truth labels: precision/recall not measured)"
+        )
+    print(json.dumps(summary))
+    return 0
+
+
+def check_shards_request(argv: list[str]):
+    """`uniproto check-shards` arguments as the library's CheckRequest."""
+    from system.runtime.check_shards import CheckRequest
+    from system.runtime.check_shards import __doc__ as doc
+
+    p = argparse.ArgumentParser(prog="uniproto check-shards", description=(doc or "").strip().splitlines()[0])
+    p.add_argument(
+        "spec", help="shards: a dataset dir, a folder, a file, a brace or glob pattern, s3:// or gs://"
+    )
+    p.add_argument("--strict", action="store_true", help="stop at the first bad sample or shard (exit 1)")
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
+    classes = p.add_mutually_exclusive_group()
+    classes.add_argument("--class-count", type=int, help="labels must lie in [0, K)")
+    classes.add_argument("--root", help="a dataset directory: its classes (and class text) check the labels")
+    p.add_argument(
+        "--split", action="append", help="with a dataset directory SPEC: only this split (repeatable)"
+    )
+    p.add_argument("--image-size", type=int, default=64, help="decode size (what the run would use)")
+    p.add_argument(
+        "--max-member-mib",
+        type=int,
+        default=CheckRequest.max_member_mib,
+        help="tar members declaring more MiB are skipped unread, counted as oversized_member (default 64)",
+    )
+    a = p.parse_args(argv)
+    return CheckRequest(
+        spec=a.spec,
+        strict=a.strict,
+        cpus=a.cpus,
+        class_count=a.class_count,
+        root=a.root,
+        splits=tuple(a.split) if a.split else None,
+        image_size=a.image_size,
+        max_member_mib=a.max_member_mib,
+    )
 
 
 def _check_shards(argv: list[str]) -> int:
-    from system.runtime.check_shards import main as check_main
+    from system.runtime.check_shards import check_shards
 
-    return check_main(argv)
+    return check_shards(check_shards_request(argv))
 
 
 def _models(argv: list[str]) -> int:

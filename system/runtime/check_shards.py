@@ -12,9 +12,7 @@ names the shard and key), 2 on a user error (nothing at that path, a bad manifes
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,35 +33,26 @@ class _Classes:
     train_counts: list[int] = field(default_factory=list)
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="uniproto check-shards", description=(__doc__ or "").strip().splitlines()[0]
-    )
-    p.add_argument(
-        "spec", help="shards: a dataset dir, a folder, a file, a brace or glob pattern, s3:// or gs://"
-    )
-    p.add_argument("--strict", action="store_true", help="stop at the first bad sample or shard (exit 1)")
-    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
-    classes = p.add_mutually_exclusive_group()
-    classes.add_argument("--class-count", type=int, help="labels must lie in [0, K)")
-    classes.add_argument("--root", help="a dataset directory: its classes (and class text) check the labels")
-    p.add_argument(
-        "--split", action="append", help="with a dataset directory SPEC: only this split (repeatable)"
-    )
-    p.add_argument("--image-size", type=int, default=64, help="decode size (what the run would use)")
-    p.add_argument(
-        "--max-member-mib",
-        type=int,
-        default=64,
-        help="tar members declaring more MiB are skipped unread, counted as oversized_member (default 64)",
-    )
-    return p.parse_args(argv)
+@dataclass(frozen=True)
+class CheckRequest:
+    """What `uniproto check-shards` checks, and how (the console script's parser builds it)."""
+
+    spec: str  # a dataset dir, a folder, a file, a brace or glob pattern, s3:// or gs://
+    strict: bool = False  # stop at the first bad sample or shard (exit 1)
+    cpus: int = 2  # logical CPUs of the local Ray
+    class_count: int | None = None  # labels must lie in [0, K)
+    root: str | None = None  # a dataset directory whose classes (and class text) check the labels
+    splits: tuple[str, ...] | None = None  # with a dataset directory spec: only these splits
+    image_size: int = 64  # decode size (what the run would use)
+    max_member_mib: int = 64  # tar members declaring more are skipped unread (oversized_member)
 
 
-def main(argv: list[str]) -> int:
-    a = parse(argv)
+def check_shards(a: CheckRequest) -> int:
+    """Stream every sample of `a.spec` and print the counts; the exit code (0, 1 under strict, 2)."""
     t0 = time.perf_counter()
-    shards = resolve_shards(a.spec, a.split)  # DatasetError (exit 2) when the spec names nothing
+    shards = resolve_shards(
+        a.spec, list(a.splits) if a.splits else None
+    )  # DatasetError (exit 2) when the spec names nothing
     root = a.root or shards.root
     manifest = None
     if a.root:

@@ -1,21 +1,21 @@
-"""`uniproto filter-text`: the text-filtering stage alone on a dataset's class corpus, with its report.
+"""The text-filtering stage alone on a dataset's class corpus, with its report (`run_filter_text`; the
+`uniproto filter-text` command in pipelines/cli.py prints its summary, the last line as one JSON object).
 
 Writes `filter_text.json` and `filter_text.md` (per class: kept and dropped sentences with their scores; with
-truth labels, the wrong drops and the missed boilerplate) and prints, when the dataset records which sentences
-are boilerplate (`text/truth.jsonl`, as the demo does), the precision and recall of dropping boilerplate. The
-last stdout line is one JSON object: scorer, threshold, top_k, kept, dropped, precision, recall, seconds.
+truth labels, the wrong drops and the missed boilerplate) and, when the dataset records which sentences are
+boilerplate (`text/truth.jsonl`, as the demo does), the precision and recall of dropping boilerplate: scorer,
+threshold, top_k, kept, dropped, precision, recall, seconds.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from system.config import Config, ConfigError, load_config
+from system.config import Config, ConfigError
 from system.data.corpus import load_class_corpus, load_truth
 from system.data.dataset_dir import load_manifest
 from system.text.filter import TextFilterResult, filter_corpus, filter_quality
@@ -148,44 +148,3 @@ def run_filter_text(cfg: Config, out_dir: str | Path) -> dict[str, Any]:
     (out / "filter_text.json").write_text(json.dumps(full, indent=1) + "\n")
     (out / "filter_text.md").write_text(_markdown(full))
     return summary
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="uniproto filter-text",
-        description="Run the text filter on a dataset's class corpus; per-class report; last line is JSON.",
-    )
-    p.add_argument("--root", required=True, help="dataset directory (manifest.json + text/)")
-    p.add_argument("--scorer", help="relevance scorer (lexical, minilm, clip_text, retrieval, ...)")
-    p.add_argument(
-        "--threshold", type=float, help="drop sentences scoring below (default: data.filter_threshold)"
-    )
-    p.add_argument("--top-k", type=int, help="keep at most K sentences per class")
-    p.add_argument("--config", help="a run config to take data./model. settings from")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument("--out", help="report folder (default: <run.output_dir>/filter-text/<scorer>)")
-    a = p.parse_args(argv)
-    overrides = list(a.set) + [f"data.root={json.dumps(a.root)}"]
-    if a.scorer is not None:
-        overrides.append(f"data.text_scorer={json.dumps(a.scorer)}")
-    if a.threshold is not None:
-        overrides.append(f"data.filter_threshold={a.threshold!r}")
-    if a.top_k is not None:
-        overrides.append(f"data.filter_top_k={a.top_k}")
-    cfg = load_config(a.config, overrides)
-    out = a.out or Path(cfg.run.output_dir) / "filter-text" / cfg.data.text_scorer
-    summary = run_filter_text(cfg, out)
-    if summary["precision"] is not None or summary["recall"] is not None:
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        print(
-            f"[filter-text] {summary['scorer']}: dropping boilerplate precision {fmt(summary['precision'])}, "
-            f"recall {fmt(summary['recall'])} (kept {summary['kept']}, dropped {summary['dropped']}); "
-            f"report in {out}"
-        )
-    else:
-        print(
-            f"[filter-text] {summary['scorer']}: kept {summary['kept']}, dropped {summary['dropped']}; "
-            f"report in {out} (no truth labels: precision/recall not measured)"
-        )
-    print(json.dumps(summary))
-    return 0

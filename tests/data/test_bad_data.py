@@ -354,12 +354,12 @@ def test_check_shards_user_errors_exit_2(tmp_path, capsys):
 
 
 def test_check_shards_member_cap_defaults_to_the_runs():
+    from pipelines.cli import check_shards_request
     from system.config import load_config
     from system.data.tar_stream import MAX_MEMBER_BYTES
-    from system.runtime.check_shards import parse
 
     run_cap = load_config(None, []).data.max_member_bytes
-    assert parse(["x"]).max_member_mib * 2**20 == run_cap == MAX_MEMBER_BYTES == 64 * 2**20
+    assert check_shards_request(["x"]).max_member_mib * 2**20 == run_cap == MAX_MEMBER_BYTES == 64 * 2**20
 
 
 def test_ledger_summary_and_report_line():
