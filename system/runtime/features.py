@@ -305,9 +305,10 @@ def gather_splits(
             labels[name].append(y)
     out = {}
     for name in parts:
-        got = capped[name].result() if name in capped else None
-        if got is None and sum(len(y) for y in labels[name]):
-            got = (np.concatenate(feats[name]), np.concatenate(labels[name]))
+        if name in capped:
+            got = capped[name].result()
+        else:
+            got = (np.concatenate(feats[name]), np.concatenate(labels[name])) if feats[name] else None
         if got is None or not len(got[1]):
             raise RuntimeError(f"no decodable samples among the {name} rows")
         out[name] = got
