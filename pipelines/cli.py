@@ -220,10 +220,79 @@ def _benchmark(argv: list[str]) -> int:
     return main(argv[1:])
 
 
-def _build_shards(argv: list[str]) -> int:
-    from system.data.build_shards import main as build_main
+def build_shards_request(argv: list[str]):
+    """`uniproto build-shards` arguments as the library's BuildRequest (a misplaced flag is a usage error)."""
+    from system.data.build_shards import BuildRequest, BuildRequestError
+    from system.data.shard_build import BuildOptions
 
-    return build_main(argv)
+    p = argparse.ArgumentParser(
+        prog="uniproto build-shards",
+        description="Build a dataset directory (WebDataset shards + manifest) from split files, an image-folder "
+        "tree or img2dataset web-caption shards. Deterministic, parallel, resumable (run it again after an "
+        "interruption). The last line printed is one JSON object.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--train-split", help="split file of `relative/path label` lines (with --image-root)")
+    src.add_argument("--image-folder", help="a folder per class; sorted folder names give the label order")
+    src.add_argument(
+        "--web-shards", help="img2dataset shards: brace pattern or glob of .tar, `::` between specs"
+    )
+    p.add_argument("--image-root", help="folder the split files' paths are relative to")
+    p.add_argument("--val-split", help="split file for val")
+    p.add_argument("--test-split", help="split file for test")
+    p.add_argument(
+        "--class-names",
+        help="one class per line in label order: `name`, `label name` or `n01440764 name` lines",
+    )
+    p.add_argument("--class-text", help="VL-LTR corpus folder: desc_<label>.txt (or <id>.txt, <name>.txt)")
+    p.add_argument("--synonyms", help="YAML/JSON mapping class name (or label) -> list of synonyms")
+    p.add_argument("--val-per-class", type=int, default=0, help="images per class held out for val (seeded)")
+    p.add_argument(
+        "--test-per-class", type=int, default=0, help="images per class held out for test (seeded)"
+    )
+    p.add_argument("--out", required=True, help="dataset directory to create (or resume)")
+    p.add_argument("--name", help="dataset name in the manifest (default: the --out folder's name)")
+    p.add_argument("--max-side", type=int, default=512, help="longest side after re-encoding (0: keep)")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=0, help="writer processes (default: min(4, cpus))")
+    p.add_argument("--seed", type=int, default=0, help="sample order in the shards and the holdout draw")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    a = p.parse_args(argv)
+    options = BuildOptions(
+        max_side=a.max_side,
+        jpeg_quality=a.jpeg_quality,
+        samples_per_shard=a.samples_per_shard,
+        workers=a.workers,
+        seed=a.seed,
+        overwrite=a.overwrite,
+        name=a.name,
+    )
+    try:
+        return BuildRequest(
+            out=a.out,
+            train_split=a.train_split,
+            image_folder=a.image_folder,
+            web_shards=a.web_shards,
+            image_root=a.image_root,
+            val_split=a.val_split,
+            test_split=a.test_split,
+            class_names=a.class_names,
+            class_text=a.class_text,
+            synonyms=a.synonyms,
+            val_per_class=a.val_per_class,
+            test_per_class=a.test_per_class,
+            options=options,
+        )
+    except BuildRequestError as e:
+        p.error(str(e))
+
+
+def _build_shards(argv: list[str]) -> int:
+    from system.data.build_shards import build
+
+    print(json.dumps(build(build_shards_request(argv))))
+    return 0
 
 
 def _filter_text(argv: list[str]) -> int:

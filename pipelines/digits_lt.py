@@ -65,7 +65,8 @@ def write_dataset(out: Path, seed: int = 0, overwrite: bool = False) -> dict:
     """Images, split files and class names under out/source, then `uniproto build-shards` into out."""
     from PIL import Image
 
-    from system.data.build_shards import build, parse_args
+    from system.data.build_shards import BuildRequest, build
+    from system.data.shard_build import BuildOptions
 
     images, labels = _images(seed)
     splits, train_counts = split_indices(labels, seed)
@@ -82,12 +83,16 @@ def write_dataset(out: Path, seed: int = 0, overwrite: bool = False) -> dict:
             lines.append(f"{rel} {labels[i]}")
         (src / f"{split}.txt").write_text("\n".join(lines) + "\n")
     (src / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    argv = [
-        "--image-root", str(src), "--train-split", str(src / "train.txt"), "--val-split", str(src / "val.txt"),
-        "--test-split", str(src / "test.txt"), "--class-names", str(src / "classnames.txt"), "--out", str(out),
-        "--max-side", "0", "--samples-per-shard", "128", "--seed", str(seed),
-    ] + (["--overwrite"] if overwrite else [])  # fmt: skip
-    summary = build(parse_args(argv), say=None)
+    request = BuildRequest(
+        out=str(out),
+        train_split=str(src / "train.txt"),
+        image_root=str(src),
+        val_split=str(src / "val.txt"),
+        test_split=str(src / "test.txt"),
+        class_names=str(src / "classnames.txt"),
+        options=BuildOptions(max_side=0, samples_per_shard=128, seed=seed, overwrite=overwrite),
+    )
+    summary = build(request, say=None)
     summary["train_counts"] = train_counts
     return summary
 

@@ -1,6 +1,7 @@
 """`uniproto build-shards`: your images -> a dataset directory (see system/data/shard_build.py for how).
 
-Three sources, one per flag (a registry, `SOURCES`):
+The console script's parser (pipelines/cli.py) builds a typed `BuildRequest`; `build(request)` plans the source
+and writes the shards. Three sources, one per flag (a registry, `SOURCES`):
 
 - `--train-split F [--val-split F] [--test-split F] --image-root R --class-names F`: ImageNet-LT / Places-LT /
   iNaturalist-2018 split files, one `relative/path label` per line (the last whitespace-separated field is the
@@ -17,11 +18,10 @@ Three sources, one per flag (a registry, `SOURCES`):
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from system.data.class_list import ClassList, read_class_names
@@ -79,7 +79,7 @@ def read_split_file(
     return refs
 
 
-def plan_split_files(a: argparse.Namespace, skips: SkipLog) -> SourcePlan:
+def plan_split_files(a: BuildRequest, skips: SkipLog) -> SourcePlan:
     if not a.image_root:
         raise DatasetError("--train-split needs --image-root (the folder its paths are relative to)")
     root = Path(a.image_root)
@@ -108,7 +108,7 @@ def _folder_images(folder: Path) -> list[Path]:
     return found
 
 
-def plan_image_folder(a: argparse.Namespace, skips: SkipLog) -> SourcePlan:
+def plan_image_folder(a: BuildRequest, skips: SkipLog) -> SourcePlan:
     root = Path(a.image_folder)
     if not root.is_dir():
         raise DatasetError(f"--image-folder {root} is not a directory")
@@ -150,11 +150,11 @@ def plan_image_folder(a: argparse.Namespace, skips: SkipLog) -> SourcePlan:
                 continue
             rel = image.relative_to(root).as_posix()
             refs.append(SampleRef(str(image), label_of[folder], rel, stamp=_stamp(st)))
-    splits = holdout(refs, len(names), a.val_per_class, a.test_per_class, a.seed)
+    splits = holdout(refs, len(names), a.val_per_class, a.test_per_class, a.options.seed)
     return SourcePlan(
         kind="image-folder",
         description=f"image folder {root.resolve()} (val/test: {a.val_per_class}/{a.test_per_class} per class "
-        f"held out, seed {a.seed})",
+        f"held out, seed {a.options.seed})",
         class_names=names,
         splits=splits,
         class_ids=ids,
@@ -162,7 +162,7 @@ def plan_image_folder(a: argparse.Namespace, skips: SkipLog) -> SourcePlan:
     )
 
 
-def _plan_web(a: argparse.Namespace, skips: SkipLog) -> SourcePlan:
+def _plan_web(a: BuildRequest, skips: SkipLog) -> SourcePlan:
     from system.data.webcaption import plan_web_shards
 
     if not a.class_names:
@@ -173,19 +173,19 @@ def _plan_web(a: argparse.Namespace, skips: SkipLog) -> SourcePlan:
         a.synonyms,
         a.val_per_class,
         a.test_per_class,
-        a.seed,
+        a.options.seed,
         skips,
     )
 
 
-# The flag that names the source -> its reader.
-SOURCES: dict[str, Callable[[argparse.Namespace, SkipLog], SourcePlan]] = {
+# The field (flag) that names the source -> its reader.
+SOURCES: dict[str, Callable[[BuildRequest, SkipLog], SourcePlan]] = {
     "train_split": plan_split_files,
     "image_folder": plan_image_folder,
     "web_shards": _plan_web,
 }
-# Flags that only mean something for some sources: refused elsewhere rather than silently ignored.
-_ONLY_FOR = {
+# Fields that only mean something for some sources: refused elsewhere rather than silently ignored.
+ONLY_FOR = {
     "image_root": {"train_split"},
     "val_split": {"train_split"},
     "test_split": {"train_split"},
@@ -195,73 +195,59 @@ _ONLY_FOR = {
 }
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="uniproto build-shards",
-        description="Build a dataset directory (WebDataset shards + manifest) from split files, an image-folder "
-        "tree or img2dataset web-caption shards. Deterministic, parallel, resumable (run it again after an "
-        "interruption). The last line printed is one JSON object.",
-    )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--train-split", help="split file of `relative/path label` lines (with --image-root)")
-    src.add_argument("--image-folder", help="a folder per class; sorted folder names give the label order")
-    src.add_argument(
-        "--web-shards", help="img2dataset shards: brace pattern or glob of .tar, `::` between specs"
-    )
-    p.add_argument("--image-root", help="folder the split files' paths are relative to")
-    p.add_argument("--val-split", help="split file for val")
-    p.add_argument("--test-split", help="split file for test")
-    p.add_argument(
-        "--class-names",
-        help="one class per line in label order: `name`, `label name` or `n01440764 name` lines",
-    )
-    p.add_argument("--class-text", help="VL-LTR corpus folder: desc_<label>.txt (or <id>.txt, <name>.txt)")
-    p.add_argument("--synonyms", help="YAML/JSON mapping class name (or label) -> list of synonyms")
-    p.add_argument("--val-per-class", type=int, default=0, help="images per class held out for val (seeded)")
-    p.add_argument(
-        "--test-per-class", type=int, default=0, help="images per class held out for test (seeded)"
-    )
-    p.add_argument("--out", required=True, help="dataset directory to create (or resume)")
-    p.add_argument("--name", help="dataset name in the manifest (default: the --out folder's name)")
-    p.add_argument("--max-side", type=int, default=512, help="longest side after re-encoding (0: keep)")
-    p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--samples-per-shard", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=0, help="writer processes (default: min(4, cpus))")
-    p.add_argument("--seed", type=int, default=0, help="sample order in the shards and the holdout draw")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    a = p.parse_args(argv)
-    source = next(k for k in SOURCES if getattr(a, k))
-    for flag, allowed in _ONLY_FOR.items():
-        if source not in allowed and getattr(a, flag) not in (None, 0):
-            p.error(f"--{flag.replace('_', '-')} does not apply to --{source.replace('_', '-')}")
-    for flag in ("val_per_class", "test_per_class"):
-        if getattr(a, flag) < 0:
-            p.error(f"--{flag.replace('_', '-')} must be >= 0")
-    a.source = source
-    return a
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
-def build(a: argparse.Namespace, say: Callable[[str], None] | None = print) -> dict:
-    """Run a parsed `build-shards` command; returns the summary (the CLI prints it as its last line)."""
+class BuildRequestError(ValueError):
+    """A request that names no source, two sources, or a field its source does not use (the parser's usage
+    error)."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One `uniproto build-shards` command. Exactly one of `train_split`, `image_folder`, `web_shards` names the
+    source; the fields in `ONLY_FOR` are refused for the other sources."""
+
+    out: str  # dataset directory to create (or resume)
+    train_split: str | None = None  # split file of `relative/path label` lines (with image_root)
+    image_folder: str | None = None  # a folder per class
+    web_shards: str | None = None  # img2dataset shards: brace pattern or glob of .tar, `::` between specs
+    image_root: str | None = None  # folder the split files' paths are relative to
+    val_split: str | None = None
+    test_split: str | None = None
+    class_names: str | None = None  # one class per line in label order
+    class_text: str | None = None  # VL-LTR corpus folder: desc_<label>.txt (or <id>.txt, <name>.txt)
+    synonyms: str | None = None  # YAML/JSON mapping class name (or label) -> list of synonyms
+    val_per_class: int = 0  # images per class held out for val (seeded)
+    test_per_class: int = 0  # images per class held out for test (seeded)
+    options: BuildOptions = field(default_factory=BuildOptions)  # encoding, shard size, workers, seed, name
+
+    def __post_init__(self) -> None:
+        named = [k for k in SOURCES if getattr(self, k)]
+        if len(named) != 1:
+            raise BuildRequestError(
+                f"name exactly one source of {[_flag(k) for k in SOURCES]}, got {[_flag(k) for k in named]}"
+            )
+        for name, allowed in ONLY_FOR.items():
+            if self.source not in allowed and getattr(self, name) not in (None, 0):
+                raise BuildRequestError(f"{_flag(name)} does not apply to {_flag(self.source)}")
+        for name in ("val_per_class", "test_per_class"):
+            if getattr(self, name) < 0:
+                raise BuildRequestError(f"{_flag(name)} must be >= 0")
+
+    @property
+    def source(self) -> str:
+        """The field that names the source (a key of SOURCES)."""
+        return next(k for k in SOURCES if getattr(self, k))
+
+
+def build(a: BuildRequest, say: Callable[[str], None] | None = print) -> dict:
+    """Run one `build-shards` request; returns the summary (the CLI prints it as its last line)."""
     t0 = time.perf_counter()
-    options = BuildOptions(
-        max_side=a.max_side,
-        jpeg_quality=a.jpeg_quality,
-        samples_per_shard=a.samples_per_shard,
-        workers=a.workers,
-        seed=a.seed,
-        overwrite=a.overwrite,
-        name=a.name,
-    )
-    check_out(Path(a.out), a.overwrite)  # refuse before a long planning pass, not after it
+    check_out(Path(a.out), a.options.overwrite)  # refuse before a long planning pass, not after it
     skips = SkipLog(say)
     plan = SOURCES[a.source](a, skips)
-    summary = build_dataset(a.out, plan, options, skips, a.class_text, say)
+    summary = build_dataset(a.out, plan, a.options, skips, a.class_text, say)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
-
-
-def main(argv: list[str]) -> int:
-    summary = build(parse_args(argv))
-    print(json.dumps(summary))
-    return 0

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from system.method.prototypes import seeded_generator
+from system.method.sphere_codes import seeded_generator
 
 
 def _assign_random(

