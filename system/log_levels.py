@@ -3,7 +3,8 @@
 What our code prints (the stage timer, one `[stage1]` line per epoch, the sweep's trial lines, warnings) is kept.
 Quietened: open_clip's model-building lines (logged on the root logger), Ray Train's and Tune's INFO lines, Ray
 Data's console lines (its log file under the Ray session keeps them), DeepSpeed's INFO lines, torch.distributed's
-FutureWarnings, and warnings about what uniproto does on purpose (`EXPECTED_WARNINGS`). Every process of a run
+FutureWarnings, warnings about what uniproto does on purpose (`EXPECTED_WARNINGS`), DeepSpeed's print of the
+CPU all-reduce op it built (`drop_expected_prints`) and Tune's experiment header (`tune_console`). Every process of a run
 applies this: the driver when Ray starts, every Ray worker of a local Ray through Ray's worker setup hook
 (system.runtime.cluster.quiet_worker), and our own entry points on a cluster's workers (the Train loop, the trial, the feature
 encoder). No import of Ray, torch or DeepSpeed here.
@@ -11,11 +12,18 @@ encoder). No import of Ray, torch or DeepSpeed here.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
+import sys
 import warnings
+from collections.abc import Iterator
+from typing import TextIO
 
 VERBOSE_ENV = "UNIPROTO_VERBOSE"
+TUNE_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"  # read by Tune when a run starts: "0" picks its legacy console output
 QUIET_LOGGERS = ("ray.train", "ray.tune", "DeepSpeed")
 # Loggers whose warnings are about this machine, not the run ("No CUDA runtime is found" on a CPU node).
 ERROR_ONLY_LOGGERS = ("torch.utils.cpp_extension",)
@@ -65,3 +73,63 @@ def quiet_third_party_logs(verbose: bool | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     # Ray Train's own use of a Ray Data option it deprecated (its DatasetManager actor)
     warnings.filterwarnings("ignore", message=r".*ExecutionOptions\.exclude_resources")
+
+
+# Lines third-party code prints (not logs) that say nothing about the run: DeepSpeed's CPU shared-memory
+# all-reduce op, built when an engine starts on a CPU node.
+EXPECTED_PRINTS = (re.compile(r"^DeepSpeed \S+ built successfully$"),)
+
+
+class _DropPrintedLines(io.TextIOBase):
+    """A stdout that forwards every line but those matching `patterns` (whole lines, buffered until '\\n')."""
+
+    def __init__(self, target: TextIO, patterns: tuple[re.Pattern[str], ...]) -> None:
+        self.target, self.patterns, self.pending = target, patterns, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if not any(p.match(line) for p in self.patterns):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def drop_expected_prints(verbose: bool) -> Iterator[None]:
+    """Within the block, lines printed to stdout that match EXPECTED_PRINTS are dropped (unless `verbose`)."""
+    if verbose:
+        yield
+        return
+    target = sys.stdout
+    sys.stdout = wrapper = _DropPrintedLines(target, EXPECTED_PRINTS)
+    try:
+        yield
+    finally:
+        sys.stdout = target
+        if wrapper.pending:
+            target.write(wrapper.pending)
+
+
+@contextlib.contextmanager
+def tune_console(verbose: bool) -> Iterator[None]:
+    """Tune's console within the block: its status table and experiment header under `verbose`, nothing else
+    otherwise. Tune's default output engine prints an experiment header box even at verbose 0; its legacy engine,
+    chosen by RAY_AIR_NEW_OUTPUT=0 when the run starts, prints nothing at verbose 0."""
+    if verbose:
+        yield
+        return
+    before = os.environ.get(TUNE_OUTPUT_ENV)
+    os.environ[TUNE_OUTPUT_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TUNE_OUTPUT_ENV, None)
+        else:
+            os.environ[TUNE_OUTPUT_ENV] = before

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 
 import pytest
 
@@ -85,3 +86,29 @@ def test_local_workers_get_the_hook_and_ray_datas_quiet_config():
 
     cfg = yaml.safe_load(RAY_DATA_LOGGING.read_text())  # Ray Data's own layout, the console at WARNING
     assert cfg["handlers"]["console"]["level"] == "WARNING" and cfg["loggers"]["ray.data"]["level"] == "DEBUG"
+
+
+def test_expected_prints_are_dropped_and_every_other_line_kept(capsys):
+    with log_levels.drop_expected_prints(verbose=False):
+        print("DeepSpeed shm_comm_op built successfully")
+        print("[stage1] epoch 1/2 step 3/6 loss=1.000")
+        sys.stdout.write("a line in ")
+        sys.stdout.write("two writes\nDeepSpeed x built successfully\nunfinished")
+    out = capsys.readouterr().out
+    assert out == "[stage1] epoch 1/2 step 3/6 loss=1.000\na line in two writes\nunfinished"
+    with log_levels.drop_expected_prints(verbose=True):
+        print("DeepSpeed shm_comm_op built successfully")
+    assert capsys.readouterr().out == "DeepSpeed shm_comm_op built successfully\n"
+
+
+def test_tune_console_picks_the_silent_engine_for_the_block_only(monkeypatch):
+    monkeypatch.delenv(log_levels.TUNE_OUTPUT_ENV, raising=False)
+    with log_levels.tune_console(verbose=False):
+        assert os.environ[log_levels.TUNE_OUTPUT_ENV] == "0"
+    assert log_levels.TUNE_OUTPUT_ENV not in os.environ
+    monkeypatch.setenv(log_levels.TUNE_OUTPUT_ENV, "1")
+    with log_levels.tune_console(verbose=False):
+        assert os.environ[log_levels.TUNE_OUTPUT_ENV] == "0"
+    assert os.environ[log_levels.TUNE_OUTPUT_ENV] == "1"
+    with log_levels.tune_console(verbose=True):
+        assert os.environ[log_levels.TUNE_OUTPUT_ENV] == "1"

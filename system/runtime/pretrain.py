@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from system.config import Config, config_from_dict
-from system.log_levels import VERBOSE_ENV
+from system.log_levels import VERBOSE_ENV, drop_expected_prints
 from system.method.losses import Stage1Loss
 from system.method.stage1_step import (
     Stage1Step,
@@ -90,12 +90,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(schedule.total_steps, cfg.optim.warmup_fraction)
     )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=deepspeed_config(cfg.train, cfg.optim),
-    )
+    with drop_expected_prints(cfg.run.verbose):  # the CPU all-reduce op's "built successfully" line
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(cfg.train, cfg.optim),
+        )
     skip_single_rank_allreduce(engine, world, cfg.train.zero_stage)
     if cfg.train.compile:
         # in place: the state-dict keys (checkpoints, export) stay those of the module

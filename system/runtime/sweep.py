@@ -28,6 +28,7 @@ from ray import tune
 
 from system.config import Config, ConfigError, config_from_dict
 from system.experiments.spaces import Space, split_space
+from system.log_levels import tune_console
 from system.method.diagnostics import centroid_geometry_from_sums, geometry_summary
 from system.method.finetune import (
     BranchLogits,
@@ -437,7 +438,8 @@ def run_sweep(cfg: Config, space: Space, inputs: StageInputs, run_dir: Path) -> 
     record = {"fingerprint": sweep_fingerprint(cfg, space), "experiment": exp_path}
     fp_file.write_text(json.dumps(record | {"identity": sweep_identity(cfg, space)}, indent=1))
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    with tune_console(cfg.run.verbose):  # no experiment header box unless verbose
+        grid = tuner.fit()
     wall = time.perf_counter() - t0
     ray.kill(slots)
     return {

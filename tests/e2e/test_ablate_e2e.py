@@ -34,13 +34,15 @@ def test_ablate_baseline_and_no_text_two_seeds_then_resume(tiny_dataset, tmp_pat
 
     try:
         report = ablate(argv(_sets(tiny_dataset, tmp_path), *arms))
-        last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        printed = capsys.readouterr().out
+        last = json.loads(printed.strip().splitlines()[-1])
         again = ablate(
             argv(_sets(tiny_dataset, tmp_path), *arms)
         )  # same run: every seed is restored, none retrained
     finally:
         ray.shutdown()
     assert set(last) == {"baseline", "no_text"}
+    assert "Configuration for experiment" not in printed  # Tune's header box only under --verbose
     for name, groups in last.items():
         assert set(groups) == {"overall", "many", "medium", "few"}
         assert groups == {g: report["summary"][name][g]["mean"] for g in groups}
