@@ -52,7 +52,7 @@ from system.runtime.monitor import EpochReports, TrialLines
 from system.runtime.pretrain import run_stage1
 from system.runtime.reader import ledger_summary, new_ledger
 from system.runtime.stage_inputs import StageInputs
-from system.runtime.trial_slots import FreeSlots, slots_name, start_slots
+from system.runtime.trial_slots import FreeSlots, slot_of, slots_name, start_slots
 
 LOGITS_FILE = "logits.npz"
 TRIAL_FILE = "trial.json"
@@ -192,19 +192,11 @@ def trial(
 ) -> None:
     """One Tune trial. `params` maps dotted config keys to this trial's values; `slots` names the sweep's
     `TrialSlots` actor, from which the trial takes a slot for its stages."""
-    import ray
-
     cfg = config_from_dict(base, params)
     quiet_logs(cfg.run.verbose)
     trial_id = tune.get_context().get_trial_id()
-    if slots is None:
-        return _run_trial(cfg, params, inputs, trial_id)
-    actor = ray.get_actor(slots)
-    ray.get(actor.acquire.remote(trial_id))
-    try:
+    with slot_of(slots, trial_id):
         _run_trial(cfg, params, inputs, trial_id)
-    finally:
-        ray.get(actor.release.remote(trial_id))
 
 
 def _run_trial(cfg: Config, params: dict[str, Any], inputs: StageInputs, trial_id: str) -> None:

@@ -12,9 +12,11 @@ driver: a restored sweep starts a new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -72,6 +74,21 @@ def start_slots(experiment: str, size: int) -> ray.actor.ActorHandle:
             break
         time.sleep(0.1)
     return TrialSlots.options(name=name).remote(size)
+
+
+@contextlib.contextmanager
+def slot_of(slots: str | None, trial_id: str) -> Iterator[None]:
+    """Hold the trial's slot of the sweep's `TrialSlots` actor (named `slots`) for the block; no slots: no
+    limit. A trial whose process dies never releases: the driver's FreeSlots does when the trial ends."""
+    if slots is None:
+        yield
+        return
+    actor = ray.get_actor(slots)
+    ray.get(actor.acquire.remote(trial_id))
+    try:
+        yield
+    finally:
+        ray.get(actor.release.remote(trial_id))
 
 
 class FreeSlots(tune.Callback):

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,3 +195,117 @@ def test_killed_sweep_resumes(tiny_dataset, tmp_path):
     run_dir = tmp_path / "resume"
     for name in ("results.csv", "results.md", "best.yaml", "sweep_efficiency.png", "report.json"):
         assert (run_dir / name).stat().st_size > 0, name
+
+
+def slot_stand_in(config, slots, marks):
+    """A trial that holds its sweep slot the way the real one does (`slot_of`), writes which trials held slots
+    when it got its own, then waits for a `go` file before it reports."""
+    from ray import tune
+
+    from system.runtime.trial_slots import slot_of
+
+    trial_id = tune.get_context().get_trial_id()
+    with slot_of(slots, trial_id):
+        held = ray.get(ray.get_actor(slots).held.remote())
+        Path(marks, f"{trial_id}.{os.getpid()}.start").write_text(json.dumps(held))
+        while not Path(marks, "go").exists():
+            time.sleep(0.1)
+        tune.report({"score": config["x"]})
+
+
+def _slot_sweep(storage: Path, marks: Path, restore: bool):
+    """The sweep's shape as run_sweep builds it: slots started fresh by the driver, a 0.01-CPU trial holding
+    its slot, FreeSlots among the callbacks, Tune's own limit above the slots' (as on a restore, where Tune
+    starts every unfinished trial at once)."""
+    from ray import tune
+
+    from system.runtime.trial_slots import FreeSlots, slots_name, start_slots
+
+    exp = str(storage / "slots")
+    slots = start_slots(exp, 2)
+    trainable = tune.with_resources(
+        tune.with_parameters(slot_stand_in, slots=slots_name(exp), marks=str(marks)), {"cpu": 0.01}
+    )
+    if restore:
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"x": tune.grid_search([1, 2, 3])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=3),
+            run_config=tune.RunConfig(
+                name="slots", storage_path=str(storage), verbose=0, callbacks=[FreeSlots(exp)]
+            ),
+        )
+    return slots, tuner.fit()
+
+
+_FIRST_DRIVER = """
+import sys
+sys.path[:0] = [{root!r}, {here!r}]
+import ray
+import test_sweep_e2e as t
+ray.cloudpickle.register_pickle_by_value(t)
+ray.init(num_cpus=2, include_dashboard=False)
+t._slot_sweep(t.Path({storage!r}), t.Path({marks!r}), restore=False)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_restored_sweep_with_several_unfinished_trials_keeps_its_concurrency(tmp_path):
+    """Three trials, two slots: the driver dies while two hold slots and the third waits. The restored sweep
+    starts all three unfinished trials at once; they still run at most two at a time, and all complete."""
+    storage, marks = tmp_path / "ray", tmp_path / "marks"
+    marks.mkdir()
+    script = _FIRST_DRIVER.format(
+        root=str(ROOT), here=str(Path(__file__).parent), storage=str(storage), marks=str(marks)
+    )
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 180
+        while len(list(marks.glob("*.start"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(2.0)  # room for a wrong third start to show
+        first = {p.name.split(".")[0]: json.loads(p.read_text()) for p in marks.glob("*.start")}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+    assert len(first) == 2, (tmp_path / "first.log").read_text()[-3000:]
+    assert all(len(held) <= 2 for held in first.values())
+
+    for p in marks.glob("*.start"):
+        p.unlink()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    started_before_go: list[int] = []
+
+    def go_when_two_hold():
+        # the restored trials wait for `go` while holding their slots: two must get one, the third wait
+        end = time.time() + 180
+        while len(list(marks.glob("*.start"))) < 2 and time.time() < end:
+            time.sleep(0.2)
+        time.sleep(2.0)
+        started_before_go.append(len(list(marks.glob("*.start"))))
+        (marks / "go").touch()
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    go = threading.Thread(target=go_when_two_hold, daemon=True)
+    go.start()
+    try:
+        slots, grid = _slot_sweep(storage, marks, restore=True)
+        left = ray.get(slots.held.remote())
+    finally:
+        ray.shutdown()
+        go.join(timeout=5)
+    assert started_before_go == [2]  # Tune started all three unfinished trials; the slots let two run
+    assert sorted(r.metrics["score"] for r in grid) == [1, 2, 3] and not grid.errors
+    restarted = {p.name.split(".")[0]: json.loads(p.read_text()) for p in marks.glob("*.start")}
+    assert set(first) < set(restarted) and len(restarted) == 3  # the interrupted two ran again, and the third
+    assert all(len(held) <= 2 for held in restarted.values())
+    assert left == []  # every slot given back
