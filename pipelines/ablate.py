@@ -259,13 +259,11 @@ def run_ablation(
 def class_bootstrap(
     predictions: dict[str, dict[int, tuple[Any, Any]]], counts: list[int], many: int, few: int
 ) -> list[dict[str, Any]]:
-    """Each variant minus the baseline, and full minus no_text, over the seeds both have: the paired per-class
-    bootstrap of system/experiments/ablation.py. `predictions[variant][seed]` = (report-split predictions, labels)."""
-    pairs = [(n, "baseline") for n in predictions if n != "baseline"] + [("full", "no_text")]
+    """The paired per-class bootstrap of system/experiments/ablation.py for `ab.bootstrap_pairs` (each rung of the
+    ladder against the one below, each variant against the baseline, full against no_text), over the seeds both
+    arms have. `predictions[variant][seed]` = (report-split predictions, labels)."""
     rows = []
-    for name, ref in pairs:
-        if name not in predictions or ref not in predictions:
-            continue
+    for name, ref in ab.bootstrap_pairs(predictions):
         seeds = sorted(set(predictions[name]) & set(predictions[ref]))
         if not seeds:
             continue

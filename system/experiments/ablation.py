@@ -9,7 +9,7 @@ stage 2 is trained identically (same head, same epochs), so feature and classifi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,22 @@ VARIANTS: dict[str, Variant] = {
 }
 # The cumulative ladder: each variant is compared with the one before it.
 LADDER = ("baseline", "contrastive", "prototypes", "text_filter", "full")
+
+
+def bootstrap_pairs(variants: Iterable[str]) -> list[tuple[str, str]]:
+    """The (variant, reference) pairs of the paired bootstrap, among the variants that ran: each rung of the
+    ladder against the rung below it that ran (what that component adds), each variant against the
+    cross-entropy baseline (what the recipe adds up to), and `full` against the no-text control (what the
+    text adds); each pair once, in that order."""
+    ran = set(variants)
+    rungs = [v for v in LADDER if v in ran]
+    pairs = list(zip(rungs[1:], rungs[:-1], strict=True))
+    pairs += [
+        (v, "baseline") for v in (*LADDER, "no_text") if v in ran and v != "baseline" and "baseline" in ran
+    ]
+    if {"full", "no_text"} <= ran:
+        pairs.append(("full", "no_text"))
+    return list(dict.fromkeys(pairs))
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:

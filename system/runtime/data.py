@@ -46,34 +46,6 @@ def train_augment(cfg: Config) -> Augment | None:
     )
 
 
-def read_split(
-    paths: Sequence[str],
-    *,
-    filesystem=None,
-    ledger=None,
-    strict: bool = False,
-    num_cpus: float | None = None,
-    rows_per_block: int | None = None,
-    max_member_bytes: int | None = None,
-    first_index: int = 0,
-) -> ray.data.Dataset:
-    """Raw rows (`__key__`, `__url__`, `__shard__`, `__row__`, `jpg`, `txt`, `json` bytes) of a list of tar
-    shards (local paths or s3:// / gs:// URLs; `filesystem` defaults to the first path's), one read task per
-    shard.
-    Faulty samples and shards are skipped and recorded in `ledger` (or raise DataFault with `strict`);
-    members over `max_member_bytes` (default: the reader's 64 MiB) are skipped unread."""
-    return read_shards(
-        list(paths),
-        filesystem,
-        ledger,
-        strict,
-        num_cpus=num_cpus,
-        rows_per_block=rows_per_block,
-        max_member_bytes=max_member_bytes,
-        first_index=first_index,
-    )
-
-
 def decoded_split(
     cfg: Config,
     manifest: Manifest,
@@ -95,11 +67,11 @@ def decoded_split(
     # them only when both ask for the same resources and the decode stage sets no batch size (a read may change
     # the row count, and Ray does not fuse it into a map that wants fixed batches): the reader's blocks are the
     # decode batches instead.
-    raw = read_split(
-        paths,
-        filesystem=filesystem,
-        ledger=ledger,
-        strict=cfg.data.strict,
+    raw = read_shards(
+        list(paths),
+        filesystem,
+        ledger,
+        cfg.data.strict,
         num_cpus=cfg.data.decode_cpus,
         rows_per_block=cfg.data.decode_batch_size,
         max_member_bytes=cfg.data.max_member_bytes,

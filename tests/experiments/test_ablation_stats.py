@@ -108,7 +108,7 @@ def test_markdown_says_whether_the_interval_excludes_zero():
     assert ab.class_bootstrap_markdown([], "test") == ""
 
 
-def test_the_ablation_pairs_each_variant_with_the_baseline_and_full_with_no_text():
+def test_the_ablation_bootstraps_the_ladder_the_baseline_and_full_against_no_text():
     from pipelines.ablate import class_bootstrap
 
     run = _run([5] * 6)
@@ -117,12 +117,39 @@ def test_the_ablation_pairs_each_variant_with_the_baseline_and_full_with_no_text
     rows = class_bootstrap(preds, COUNTS, MANY, FEW)
     assert [(r["variant"], r["vs"]) for r in rows] == [
         ("text_filter", "baseline"),
+        ("full", "text_filter"),
         ("full", "baseline"),
         ("no_text", "baseline"),
         ("full", "no_text"),
     ]
-    assert rows[3]["seeds"] == [0, 1] and rows[3]["overall"]["diff"] == pytest.approx(10.0)
-    # without a baseline arm only full vs no_text is left
+    assert rows[4]["seeds"] == [0, 1] and rows[4]["overall"]["diff"] == pytest.approx(10.0)
+    assert rows[0]["overall"]["diff"] == 0.0 and not rows[0]["overall"]["excludes_zero"]
+    # without a baseline arm the ladder's one rung and full vs no_text are left
     del preds["baseline"]
     rows = class_bootstrap(preds, COUNTS, MANY, FEW)
-    assert [(r["variant"], r["vs"]) for r in rows] == [("full", "no_text")]
+    assert [(r["variant"], r["vs"]) for r in rows] == [("full", "text_filter"), ("full", "no_text")]
+
+
+def test_bootstrap_pairs_cover_each_rung_the_baseline_and_the_text():
+    every = ["baseline", "contrastive", "prototypes", "text_filter", "full", "no_text"]
+    assert ab.bootstrap_pairs(every) == [
+        ("contrastive", "baseline"),
+        ("prototypes", "contrastive"),
+        ("text_filter", "prototypes"),
+        ("full", "text_filter"),
+        ("prototypes", "baseline"),
+        ("text_filter", "baseline"),
+        ("full", "baseline"),
+        ("no_text", "baseline"),
+        ("full", "no_text"),
+    ]
+    # a rung that did not run is skipped: the next one is read against the one below it that ran
+    assert ab.bootstrap_pairs(["full", "baseline", "prototypes"]) == [
+        ("prototypes", "baseline"),
+        ("full", "prototypes"),
+        ("full", "baseline"),
+    ]
+    # no baseline: the ladder alone; no no_text: no text pair; one arm: nothing to compare
+    assert ab.bootstrap_pairs(["contrastive", "full"]) == [("full", "contrastive")]
+    assert ab.bootstrap_pairs(["no_text", "baseline"]) == [("no_text", "baseline")]
+    assert ab.bootstrap_pairs(["full"]) == []

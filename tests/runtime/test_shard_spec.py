@@ -76,8 +76,8 @@ def test_s3_dataset_reads_through_the_pipeline_and_check_shards(s3_dataset, tiny
 
     from system.config import load_config
     from system.model.schedule import stage1_schedule
-    from system.runtime.data import decoded_split, read_split, train_dataset
-    from system.runtime.reader import ledger_summary, new_ledger
+    from system.runtime.data import decoded_split, train_dataset
+    from system.runtime.reader import ledger_summary, new_ledger, read_shards
     from system.text.prepare import prepare_text_pools
 
     local = load_manifest(tiny_dataset)
@@ -129,7 +129,7 @@ def test_s3_dataset_reads_through_the_pipeline_and_check_shards(s3_dataset, tiny
             == manifest.splits["val"].num_samples
         )
         assert ledger_summary(ledger)["failed_shards"][0]["reason"] == "missing"
-        assert read_split(shards.urls[:1]).count() > 0
+        assert read_shards(shards.urls[:1]).count() > 0
 
         from pipelines.cli import main
 
