@@ -237,7 +237,8 @@ def run_ablation(
         },
         "summary": summary,
         "comparisons": comparisons,
-        # each variant against the baseline, and full against no_text: 95% paired per-class bootstrap
+        # ab.bootstrap_pairs (the ladder, each variant against the baseline, full against no_text): 95% paired
+        # per-class bootstrap
         "class_bootstrap": class_ci,
         "one_image_points": one_image,
         "space": {arm: {k: list(v[1]) for k, v in spaces[arm].items()} for arm in arms},
