@@ -92,9 +92,8 @@ def bootstrap_pairs(variants: Iterable[str]) -> list[tuple[str, str]]:
     ran = set(variants)
     rungs = [v for v in LADDER if v in ran]
     pairs = list(zip(rungs[1:], rungs[:-1], strict=True))
-    pairs += [
-        (v, "baseline") for v in (*LADDER, "no_text") if v in ran and v != "baseline" and "baseline" in ran
-    ]
+    if "baseline" in ran:
+        pairs += [(v, "baseline") for v in (*LADDER[1:], "no_text") if v in ran]
     if {"full", "no_text"} <= ran:
         pairs.append(("full", "no_text"))
     return list(dict.fromkeys(pairs))

@@ -68,7 +68,7 @@ def decoded_split(
     # the row count, and Ray does not fuse it into a map that wants fixed batches): the reader's blocks are the
     # decode batches instead.
     raw = read_shards(
-        list(paths),
+        paths,
         filesystem,
         ledger,
         cfg.data.strict,
