@@ -21,7 +21,7 @@ demo: setup
 	$(VENV)/bin/uniproto run --config pipelines/configs/demo.yaml
 
 # The ablation on the crowded-tail demo: 5 stage-1 recipes x 3 seeds, tau_p chosen on val from a 3-point grid
-# (39 stage-1 runs of about 2.5 minutes on 2 cores: about 1 h 40 min). `make ablate ABLATE_ARGS=` skips the grid
+# (39 stage-1 runs of about 2 minutes on 2 cores: 1 h 22 min on 2026-12-06). `make ablate ABLATE_ARGS=` skips the grid
 # (15 runs, about 40 minutes).
 ABLATE_ARGS ?= --space tune_spaces/ablate_temperature.yaml
 ablate: setup
