@@ -52,41 +52,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench.train import (
-    base_env,
-    cpu_set,
-    load_average,
-    round_orders,
-    run_tree,
-    runs_summary,
-    write_scanned_manifest,
-)
+from pipelines.bench.inputs import resolve
+from pipelines.bench.procs import base_env, cpu_set, load_average, run_tree
+from pipelines.bench.stats import round_orders, runs_summary
 
 RESULT_PREFIX = "[bench] data "
-
-
-# --------------------------------------------------------------------------------------------- shards
-
-
-def resolve(spec: str, workdir: Path) -> tuple[str, list[str], int]:
-    """(dataset root, train shard URLs, train samples) of a shard spec (system.data.shard_spec: a dataset
-    directory, a folder, a brace pattern, a glob, local or object store). Raw local shards get a train-only
-    manifest in `workdir`, with the classes read from their .json members (pipelines.bench.train)."""
-    from system.data.dataset_dir import DatasetError, load_manifest
-    from system.data.shard_spec import resolve_shards
-    from system.data.stores import is_url
-
-    found = resolve_shards(spec, splits=["train"])
-    if found.manifest is not None and found.root is not None:
-        return found.root, found.urls, found.manifest.splits["train"].num_samples
-    if any(is_url(u) for u in found.urls):
-        raise DatasetError(
-            f"--shards {spec!r}: raw object-store shards need their dataset directory (manifest)"
-        )
-    root = workdir / "dataset"
-    write_scanned_manifest(root, found.urls)
-    m = load_manifest(root)
-    return str(root.resolve()), m.shard_paths(root, "train"), m.splits["train"].num_samples
 
 
 # --------------------------------------------------------------------------------------------- measuring

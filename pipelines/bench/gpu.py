@@ -8,7 +8,7 @@ the next part still runs), within one overall budget (`--budget-s`, default 480 
 * **env**: torch and CUDA versions, the GPU and its driver, the bundled packages' versions.
 * **dataset**: the demo's long-tailed dataset rendered at `--image-size` by every core (`make-demo-data
   --workers`): 50 classes, 500 -> 50 train images per class (9,850), in shards of 100.
-* **bare**: `pipelines.bench.train.bare_step` in a real DeepSpeed engine (ZeRO `--zero-stage`, bf16 autocast over fp32
+* **bare**: `pipelines.bench.bare.bare_step` in a real DeepSpeed engine (ZeRO `--zero-stage`, bf16 autocast over fp32
   master weights through `Stage1Step`), one process, no Ray, no data loading: samples/s after `--warmup`
   steps, and the peak memory torch allocated.
 * **peer**: open_clip's own trainer (`open_clip_train`, amp_bf16 = the same autocast) on the same shards,
@@ -152,7 +152,7 @@ def say(msg: str) -> None:
 
 
 def part_env(threads: int | None, device: str, peer_site: str | None = None) -> dict[str, str]:
-    from pipelines.bench.train import base_env
+    from pipelines.bench.procs import base_env
 
     env = base_env(threads)
     env.update(PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1")
@@ -214,9 +214,9 @@ class Check:
             run = self.run("dataset", cmd, part_env(1, a.device))
             if run is None or run.error:
                 return
-        from pipelines.bench.train import resolve_shards
+        from pipelines.bench.inputs import resolve
 
-        self.data = resolve_shards(str(root), self.work)
+        self.data = resolve(str(root), self.work)
         part = self.parts.setdefault("dataset", {})
         part.update(
             root=str(root), train_samples=self.data[2], shards=len(self.data[1]), image_size=a.image_size

@@ -237,12 +237,12 @@ def bare_engine_loop(
     device: str,
     zero_stage: int,
 ) -> dict[str, Any]:
-    """`pipelines.bench.train.bare_step` inside a real DeepSpeed engine (one process, world size 1, no Ray, no data
+    """`pipelines.bench.bare.bare_step` inside a real DeepSpeed engine (one process, world size 1, no Ray, no data
     loading): samples/s over `steps` after `warmup`, and the peak memory torch allocated on the GPU."""
     import deepspeed
     import torch
 
-    from pipelines.bench.train import bare_step
+    from pipelines.bench.bare import bare_step
     from system.config import OptimSection, TrainSection
     from system.model.ds_config import deepspeed_config, skip_single_rank_allreduce
 

@@ -63,18 +63,15 @@ with the class list scanned from the shards' .json files (`label`, `class_name`)
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.bench.inputs import resolve
 from pipelines.bench.peer import (
     PeerRun,
     ensure_peer_env,
@@ -82,263 +79,11 @@ from pipelines.bench.peer import (
     peer_command,
     peer_throughput,
 )
+from pipelines.bench.procs import REPO, base_env, cores_by_role, cpu_set, load_average, role_line, run_tree
+from pipelines.bench.stats import ab_summary, last_json, runs_summary
 
-REPO = Path(__file__).resolve().parents[2]  # the repository root
 CONFIGS_DIR = REPO / "system" / "model" / "configs"
 DEFAULT_SHARDS = "runs/datasets/demo"
-
-
-# --------------------------------------------------------------------------------------------- shards
-
-
-def resolve_shards(spec: str, workdir: Path) -> tuple[str, list[str], int]:
-    """(dataset root, train shard paths, train samples). A raw shard spec gets a manifest in `workdir`."""
-    from system.data.dataset_dir import MANIFEST_NAME, load_manifest
-
-    if Path(spec, MANIFEST_NAME).is_file():
-        m = load_manifest(spec)
-        return str(Path(spec).resolve()), m.shard_paths(spec, "train"), m.splits["train"].num_samples
-    paths = expand_shard_spec(spec)
-    if not paths:
-        raise FileNotFoundError(f"--shards {spec!r}: no dataset directory (manifest.json) and no .tar files")
-    root = workdir / "dataset"
-    write_scanned_manifest(root, paths)
-    m = load_manifest(root)
-    return str(root.resolve()), m.shard_paths(root, "train"), m.splits["train"].num_samples
-
-
-def expand_shard_spec(spec: str) -> list[str]:
-    import braceexpand
-
-    out: list[str] = []
-    for part in spec.split("::"):
-        for p in braceexpand.braceexpand(part):
-            out.extend(sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p])
-    missing = [p for p in out if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"--shards: missing shard file(s): {missing[:3]}")
-    return [str(Path(p).resolve()) for p in out]
-
-
-def write_scanned_manifest(root: Path, shards: list[str]) -> None:
-    """A train-only dataset dir over `shards` (symlinked): class list and counts from the .json members."""
-    import tarfile
-
-    from system.data.dataset_dir import FORMAT_VERSION, Manifest, SplitInfo, write_manifest
-
-    names: dict[int, str] = {}
-    counts: dict[int, int] = {}
-    (root / "train").mkdir(parents=True, exist_ok=True)
-    rel = []
-    for i, path in enumerate(shards):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.name.endswith(".json"):
-                    continue
-                meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
-                label = int(meta["label"])
-                counts[label] = counts.get(label, 0) + 1
-                names.setdefault(label, str(meta.get("class_name") or f"class_{label}"))
-        link = root / "train" / f"{i:05d}.tar"
-        if not link.exists():
-            link.symlink_to(path)
-        rel.append(f"train/{i:05d}.tar")
-    k = max(counts) + 1 if counts else 0
-    class_names = [names.get(c, f"class_{c}") for c in range(k)]
-    train_counts = [counts.get(c, 0) for c in range(k)]
-    manifest = Manifest(
-        FORMAT_VERSION,
-        "bench-shards",
-        class_names,
-        train_counts,
-        # Stage 1 reads only train (its val probe is off here); prepare_run wants val/test listed.
-        {s: SplitInfo(sum(train_counts), list(rel)) for s in ("train", "val", "test")},
-        text_dir=None,
-        source="uniproto benchmark train --shards",
-    )
-    write_manifest(root, manifest)
-
-
-# --------------------------------------------------------------------------------------------- processes
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-# Roles of the processes of a run's tree, by process title (Ray names a worker `ray::<task or actor>` while it
-# runs one): where ours spends the cores besides the training step.
-ROLE_PATTERNS = (
-    ("train_worker", re.compile(r"TrainWorker")),
-    ("data", re.compile(r"ReadShards|MapBatches|MapWorker|SplitCoordinator")),
-    ("ray_actors", re.compile(r"^ray::")),  # Train's controller, Data's stats actor, the ledger, agents...
-)
-
-
-def process_role(title: str, is_root: bool) -> str:
-    """The role of one process from its title: driver (the run's own process), train_worker, data,
-    ray_actors (other Ray actors and tasks), ray_idle (a worker between tasks that never ran one we know), or
-    other (Ray's daemons: gcs, raylet, dashboard; a DataLoader's workers)."""
-    if is_root:
-        return "driver"
-    if title.startswith("ray::IDLE"):
-        return "ray_idle"
-    return next((role for role, pattern in ROLE_PATTERNS if pattern.search(title)), "other")
-
-
-class TreeMonitor:
-    """CPU seconds (user + system, summed over every process of the tree) and peak summed RSS of a process
-    and all its descendants (Ray's gcs/raylet/workers, dataloader workers), sampled every `interval` s.
-    CPU seconds are also split by process role (`process_role`), each interval's growth going to the role
-    the process has at the sample; a worker seen idle keeps the last role it had (a data task's process
-    between two tasks is still the data pipeline's)."""
-
-    def __init__(self, pid: int, interval: float = 1.0) -> None:
-        self.pid, self.interval = pid, interval
-        self.cpu: dict[int, float] = {}
-        self.role: dict[int, str] = {}
-        self.by_role: dict[str, float] = {}
-        # (wall time, CPU-s by role so far, Ray worker processes alive beside the Train workers) per sample
-        self.timeline: list[tuple[float, dict[str, float], int]] = []
-        self.peak_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _title(self, p) -> str:
-        cmd = p.cmdline()
-        return cmd[0] if cmd and cmd[0].startswith("ray::") else p.name()
-
-    def _sample(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return
-        rss, beside = 0, 0
-        for p in procs:
-            try:
-                with p.oneshot():
-                    t = p.cpu_times()
-                    rss += p.memory_info().rss
-                    title = self._title(p)
-                    role = process_role(title, p.pid == self.pid)
-            except psutil.Error:
-                continue
-            # Each Ray worker process wakes 100 times/s, busy or not (`--only idle` measures what that costs);
-            # the dashboard's and runtime-env agents are not workers.
-            beside += title.startswith("ray::") and "Agent" not in title and role != "train_worker"
-            if role == "ray_idle":
-                role = self.role.get(p.pid, role)
-            self.role[p.pid] = role
-            total = t.user + t.system
-            grown = max(0.0, total - self.cpu.get(p.pid, 0.0))
-            self.by_role[role] = self.by_role.get(role, 0.0) + grown
-            self.cpu[p.pid] = max(self.cpu.get(p.pid, 0.0), total)
-        self.peak_rss = max(self.peak_rss, rss)
-        self.timeline.append((time.time(), dict(self.by_role), beside))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def stop(self) -> dict[str, Any]:
-        self._stop.set()
-        self._thread.join()
-        self._sample()  # the last one, after the thread's (two at once would count a growth twice)
-        return {
-            "cpu_s": round(sum(self.cpu.values()), 1),
-            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
-            "cpu_s_by_role": {k: round(v, 1) for k, v in sorted(self.by_role.items(), key=lambda kv: -kv[1])},
-        }
-
-
-def cores_by_role(
-    timeline: list[tuple[float, dict[str, float]]], start: float, end: float
-) -> dict[str, Any] | None:
-    """Cores each role kept busy between two wall times (CPU-s grown between the first sample at or after
-    `start` and the last at or before `end`, over the time between them); None when fewer than two samples
-    fall inside (a window shorter than the sampling interval)."""
-    inside = [sample for sample in timeline if start <= sample[0] <= end]
-    if len(inside) < 2:
-        return None
-    (t0, first, *_), (t1, last, *_) = inside[0], inside[-1]
-    cores = {k: (v - first.get(k, 0.0)) / (t1 - t0) for k, v in last.items()}
-    cores = {k: round(v, 3) for k, v in sorted(cores.items(), key=lambda kv: -kv[1]) if v > 0.0005}
-    out = {"seconds": round(t1 - t0, 1), "cores": cores, "total": round(sum(cores.values()), 3)}
-    counts = [sample[2] for sample in inside if len(sample) > 2]
-    if counts:  # Ray worker processes beside the Train workers, mean over the window's samples
-        out["ray_processes"] = round(sum(counts) / len(counts), 1)
-    return out
-
-
-def role_line(usage: dict[str, Any]) -> str:
-    """`CPU-s by role: train_worker 310.2 (61%), data 120.4 (24%), ...` of a run_tree result."""
-    roles = usage.get("cpu_s_by_role") or {}
-    total = sum(roles.values()) or 1.0
-    return "CPU-s by role: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in roles.items())
-
-
-def cpu_set(cpus: int) -> list[int]:
-    avail = sorted(os.sched_getaffinity(0))
-    if cpus > len(avail):
-        raise ValueError(f"--cpus {cpus}: only {len(avail)} cores are available to this process")
-    return avail[:cpus]
-
-
-def run_tree(
-    cmd: list[str],
-    env: dict[str, str],
-    cpus: list[int],
-    log_path: Path,
-    echo: bool,
-    timeline: list | None = None,
-) -> dict:
-    """Run `cmd` pinned to `cpus`, output to `log_path` (and stdout with `echo`); wall, CPU seconds (also by
-    process role), peak RSS. `timeline` (a list) gets the monitor's samples: (wall time, CPU-s by role)."""
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=str(REPO),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
-        )
-        mon = TreeMonitor(proc.pid)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if echo:
-                sys.stdout.write(line)
-        rc = proc.wait()
-        usage = mon.stop()
-        if timeline is not None:
-            timeline.extend(mon.timeline)
-    out = {"rc": rc, "wall_s": round(time.perf_counter() - t0, 1), **usage}
-    if rc != 0:
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"{cmd[:4]}... exited with {rc} (log {log_path}):\n{tail}")
-    return out
-
-
-def base_env(threads: int | None) -> dict[str, str]:
-    """The runs' environment. threads=None leaves thread counts to Ray, which sets OMP_NUM_THREADS of each
-    Train worker to its CPUs (only where the variable is unset)."""
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)  # ours must start its own local Ray on these cores, never join a cluster
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.pop(var, None)
-        if threads is not None:
-            env[var] = str(threads)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return env
 
 
 # --------------------------------------------------------------------------------------------- ours
@@ -432,265 +177,6 @@ def ours_throughput(reports: list[dict[str, Any]], skip_epochs: int = 1) -> dict
         "seconds": seconds,
         "data_wait_fraction": waited / seconds,
     }
-
-
-# --------------------------------------------------------------------------------------------- bare
-
-
-def bare_step(
-    arch: str,
-    image_size: int,
-    batch: int,
-    num_classes: int,
-    seed: int = 0,
-    lr: float = 2e-3,
-    weight_decay: float = 0.05,
-    grad_clip: float = 1.0,
-    fused: bool = True,
-    precision: str = "fp32",
-    device: str = "cpu",
-    wrap=None,
-):
-    """One training step of the bare loop as a function (returns the loss tensor): the same model, loss, step
-    (`Stage1Step`, logit-scale clamp included) and AdamW as ours, on two pre-decoded in-memory batches taken in
-    turn (no data loading inside the step). `wrap(model, optimizer)`, when given, returns a DeepSpeed engine that
-    then runs the forward, backward, clipping and step (pipelines.bench.gpu_parts)."""
-    import torch
-
-    from system.config import LossSection, OptimSection
-    from system.method.class_prototypes import arch_embed_dim
-    from system.method.losses import Stage1Loss
-    from system.method.prototypes import uniform_prototypes
-    from system.method.stage1_step import Stage1Step, clamp_logit_scale_, configure_device_math
-    from system.model.factory import create_clip, preprocess_for, tokenizer_for
-    from system.model.optim import build_adamw
-
-    torch.manual_seed(seed)
-    configure_device_math(device)
-    model = create_clip(arch, None, image_size).to(device).train()
-    protos = uniform_prototypes(num_classes, arch_embed_dim(arch), seed=seed)  # [K, d]
-    loss_fn = Stage1Loss(protos, local_loss=LossSection().local_loss).to(device)
-    opt = build_adamw(model, OptimSection(lr=lr, weight_decay=weight_decay, fused=fused))
-    engine = wrap(model, opt) if wrap is not None else None
-    runner = model if engine is None else engine  # what runs the forward
-    step_fn = Stage1Step(runner, model, loss_fn, preprocess_for(model), precision)
-    gen = torch.Generator().manual_seed(seed)
-    tok = tokenizer_for(arch)
-    batches = []
-    for _ in range(2):
-        labels = torch.randint(0, num_classes, (batch,), generator=gen)  # [B]
-        images = torch.randint(0, 256, (batch, image_size, image_size, 3), generator=gen, dtype=torch.uint8)
-        text = tok([f"a photo of a class {int(c)}, which has a red striped shape." for c in labels])  # [B, L]
-        batches.append(tuple(t.to(device) for t in (images, text, labels)))
-    count = [0]
-
-    def step() -> torch.Tensor:
-        images, text, labels = batches[count[0] % 2]
-        count[0] += 1
-        loss = step_fn(images, text, labels).loss
-        if engine is not None:  # the engine clips (its config's gradient_clipping) and steps
-            engine.backward(loss)
-            engine.step()
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-        clamp_logit_scale_(model)
-        return loss
-
-    return step
-
-
-def timed_steps(step, batch: int, steps: int) -> float:
-    """samples/s of `steps` calls of `step`."""
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / max(time.perf_counter() - t0, 1e-9)
-
-
-def bare_loop(
-    arch: str,
-    image_size: int,
-    batch: int,
-    steps: int,
-    warmup: int,
-    num_classes: int,
-    threads: int | None = None,
-    seed: int = 0,
-    fused: bool = True,
-) -> dict[str, float]:
-    """Single-process training steps on pre-decoded in-memory batches: samples/s after `warmup` steps."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    step = bare_step(arch, image_size, batch, num_classes, seed=seed, fused=fused)
-    loss = None
-    for _ in range(warmup):
-        loss = step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    seconds = time.perf_counter() - t0
-    return {
-        "samples_per_s": batch * steps / max(seconds, 1e-9),
-        "steps": steps,
-        "seconds": seconds,
-        "threads": torch.get_num_threads(),
-        "loss": float(loss.detach()) if loss is not None else float("nan"),
-    }
-
-
-def _loop_args(argv: list[str], *extra: str) -> argparse.Namespace:
-    """The bare loop's arguments (as `loop_args` in `benchmark` writes them), plus `extra` string options."""
-    p = argparse.ArgumentParser()
-    for name, kind in (("arch", str), ("image-size", int), ("batch", int), ("steps", int), ("warmup", int),
-                       ("classes", int), ("threads", int), *((e, str) for e in extra)):  # fmt: skip
-        p.add_argument(f"--{name}", type=kind, required=True)
-    p.add_argument("--unfused-adamw", action="store_true")
-    return p.parse_args(argv)
-
-
-def _bare_child(argv: list[str]) -> int:
-    a = _loop_args(argv)
-    r = bare_loop(
-        a.arch, a.image_size, a.batch, a.steps, a.warmup, a.classes, a.threads, fused=not a.unfused_adamw
-    )
-    print("[bench] bare " + json.dumps(r), flush=True)
-    return 0
-
-
-def _floor_child(argv: list[str]) -> int:
-    """Child process: the bare loop as the train function of a one-worker Ray Train run on a local Ray started as
-    ours starts it (`init_ray`: 2N logical CPUs, the dashboard) with the worker holding N of them. No Ray Data,
-    no DeepSpeed: what Ray Train's own processes (controller, worker group, placement-group cleaner, ...) cost
-    a loop that shares their cores."""
-    a = _loop_args(argv, "out")
-
-    import ray
-    import ray.train
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from system.config import load_config
-    from system.runtime.cluster import init_ray
-
-    init_ray(load_config(None, {"ray.num_cpus": 2 * a.threads}))
-    args = (a.arch, a.image_size, a.batch, a.steps, a.warmup, a.classes, a.threads)
-    fused, out = not a.unfused_adamw, a.out
-
-    def train_fn(_config: dict) -> None:
-        r = bare_loop(*args, fused=fused)
-        Path(out).write_text(json.dumps(r))  # local Ray: the worker shares this machine's filesystem
-
-    TorchTrainer(
-        train_fn,
-        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": a.threads}),
-        run_config=RunConfig(name="bench-floor", storage_path=str(Path(out).parent / "floor-ray")),
-    ).fit()
-    print("[bench] floor " + Path(out).read_text(), flush=True)
-    ray.shutdown()
-    return 0
-
-
-def _idle_child(argv: list[str]) -> int:
-    """Child process: what idle Ray worker processes cost the bare loop on these cores. A local Ray started as
-    ours is; the loop runs in this process, phases without and with `--actors` idle actors (num_cpus=0,
-    created before and killed after each phase), in alternating order (ABBA) so the VM's drift cancels."""
-    a = _loop_args(argv, "actors", "rounds")
-    import ray
-    import torch
-
-    from system.config import load_config
-    from system.runtime.cluster import init_ray
-
-    torch.set_num_threads(a.threads)
-    init_ray(load_config(None, {"ray.num_cpus": 2 * a.threads}))
-
-    @ray.remote(num_cpus=0)
-    class Idle:
-        def ready(self) -> bool:
-            return True
-
-    step = bare_step(a.arch, a.image_size, a.batch, a.classes, fused=not a.unfused_adamw)
-    timed_steps(step, a.batch, a.warmup)
-    time.sleep(10)  # Ray's own start-up work (dashboard, agents) settles first
-    actors, runs = int(a.actors), {"without": [], "with": []}
-    for phase in (p for order in round_orders(int(a.rounds), ["without", "with"]) for p in order):
-        group = [Idle.remote() for _ in range(actors if phase == "with" else 0)]
-        ray.get([g.ready.remote() for g in group])
-        time.sleep(2)
-        runs[phase].append(timed_steps(step, a.batch, a.steps))
-        for g in group:
-            ray.kill(g)
-        time.sleep(2)
-        print(f"[bench] idle actors: {phase} {runs[phase][-1]:.1f} samples/s", flush=True)
-    ray.shutdown()
-    print("[bench] idle " + json.dumps(idle_actor_cost(runs["without"], runs["with"], actors)), flush=True)
-    return 0
-
-
-def idle_actor_cost(without: list[float], with_: list[float], actors: int) -> dict[str, Any]:
-    """The loop's slowdown with `actors` idle Ray actors beside it, in all and per actor (means of the runs)."""
-    base, loaded = sum(without) / len(without), sum(with_) / len(with_)
-    slowdown = 1.0 - loaded / base
-    return {
-        "actors": actors,
-        "without": round(base, 2),
-        "with": round(loaded, 2),
-        "runs_without": [round(r, 2) for r in without],
-        "runs_with": [round(r, 2) for r in with_],
-        "slowdown": round(slowdown, 4),
-        "slowdown_per_actor": round(slowdown / max(actors, 1), 4),
-    }
-
-
-def round_orders(repeats: int, sides: list[str]) -> list[list[str]]:
-    """The runs' order, round by round: the sides in order, reversed every other round (peer, ours, ours,
-    peer, ...), so a machine whose speed drifts during the benchmark favours neither side."""
-    return [list(sides) if r % 2 == 0 else list(sides)[::-1] for r in range(repeats)]
-
-
-def ab_summary(a_runs: list[float], b_runs: list[float]) -> dict[str, Any]:
-    """An A/B of ours (`--ab`): the means of each side's samples/s, B/A of the means, and each round's own B/A
-    (round i: a_runs[i] and b_runs[i], run next to each other). Rounds whose ratios straddle 1.0 say the
-    difference is inside this machine's drift."""
-    if not a_runs or len(a_runs) != len(b_runs):
-        raise ValueError(
-            f"A/B needs the same number of runs on both sides, got {len(a_runs)} and {len(b_runs)}"
-        )
-    a, b = runs_summary(a_runs)["mean"], runs_summary(b_runs)["mean"]
-    rounds = [round(y / x, 4) for x, y in zip(a_runs, b_runs, strict=True)]
-    return {
-        "a": a,
-        "b": b,
-        "ratio": round(b / a, 4),
-        "round_ratios": rounds,
-        "a_runs": list(a_runs),
-        "b_runs": list(b_runs),
-        # every round moved the same way: the only sign a difference is larger than the drift
-        "all_rounds_agree": all(r > 1 for r in rounds) or all(r < 1 for r in rounds),
-    }
-
-
-def runs_summary(runs: list[float]) -> dict[str, Any]:
-    """One figure from several runs spread over a benchmark (the bare loop's first and last runs; each side of
-    `benchmark data` over its rounds): mean and spread ((max - min) / mean), so a machine that speeds up or slows
-    down during the benchmark shows in the result."""
-    if not runs:
-        raise ValueError("no runs to summarise")
-    mean = sum(runs) / len(runs)
-    return {"mean": mean, "runs": [round(r, 2) for r in runs], "spread": (max(runs) - min(runs)) / mean}
-
-
-def _last_json(log: str, prefix: str) -> dict[str, Any]:
-    for line in reversed(log.splitlines()):
-        if line.startswith(prefix):
-            return json.loads(line[len(prefix) :])
-    raise ValueError(f"no line starting with {prefix!r}")
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -804,7 +290,7 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
         )
     work = Path(a.workdir or tempfile.mkdtemp(prefix="uniproto-bench-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    root, shards, num_samples = resolve_shards(a.shards, work)
+    root, shards, num_samples = resolve(a.shards, work)
     from system.data.dataset_dir import load_manifest
 
     num_classes = load_manifest(root).num_classes
@@ -838,9 +324,9 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
 
     def run_bare() -> None:
         i = len(bare_runs)
-        cmd = [sys.executable, "-m", "pipelines.bench.train", "_bare", *loop_args]
+        cmd = [sys.executable, "-m", "pipelines.bench.bare", "bare", *loop_args]
         usage = run_tree(cmd, base_env(n), cpus, work / f"bare-{i}.log", a.verbose)
-        bare = _last_json((work / f"bare-{i}.log").read_text(), "[bench] bare ")
+        bare = last_json((work / f"bare-{i}.log").read_text(), "[bench] bare ")
         bare_runs.append({**bare, **usage, "load": load_average()})
         say(f"[bench] bare torch loop, run {i + 1}/{a.bare_repeats}: {bare['samples_per_s']:.1f} samples/s "
             f"({bare['steps']} steps, {bare['threads']} threads), load {bare_runs[-1]['load']}")  # fmt: skip
@@ -850,7 +336,7 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
 
     if "floor" in which:
         out = work / "floor.json"
-        cmd = [sys.executable, "-m", "pipelines.bench.train", "_floor", *loop_args, "--out", str(out)]
+        cmd = [sys.executable, "-m", "pipelines.bench.bare", "floor", *loop_args, "--out", str(out)]
         usage = run_tree(cmd, base_env(None), cpus, work / "floor.log", a.verbose)
         floor = json.loads(out.read_text())
         result["floor"] = round(floor["samples_per_s"], 2)
@@ -860,10 +346,10 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
         say(f"[bench] floor's {role_line(usage)}")
 
     if "idle" in which:
-        cmd = [sys.executable, "-m", "pipelines.bench.train", "_idle", *loop_args,
+        cmd = [sys.executable, "-m", "pipelines.bench.bare", "idle", *loop_args,
                "--actors", str(a.idle_actors), "--rounds", str(2 * a.bare_repeats)]  # fmt: skip
         usage = run_tree(cmd, base_env(n), cpus, work / "idle.log", a.verbose)
-        idle = _last_json((work / "idle.log").read_text(), "[bench] idle ")
+        idle = last_json((work / "idle.log").read_text(), "[bench] idle ")
         result["idle_actor_cost"] = {**idle, **usage, "load": load_average()}
         say(f"[bench] the bare loop beside a local Ray: {idle['without']:.1f} samples/s alone, {idle['with']:.1f} "
             f"with {idle['actors']} idle Ray actors: {100 * idle['slowdown']:.1f}% slower, "
@@ -991,17 +477,12 @@ def benchmark(a: argparse.Namespace, say=print, stage1: str | None = None) -> di
 
 
 def main(argv: list[str] | None = None, stage1: str | None = None) -> int:
-    """`uniproto benchmark train`, or one of its child runs (argv[0] `_ours`, `_bare`, `_floor`, `_idle`).
+    """`uniproto benchmark train`, or its child run of ours (argv[0] `_ours`; the bare loop's children are
+    `pipelines.bench.bare`'s).
     `stage1`: the module whose `main(argv)` runs our stage 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_ours":
         return _ours_child(argv[1:])
-    if argv and argv[0] == "_bare":
-        return _bare_child(argv[1:])
-    if argv and argv[0] == "_floor":
-        return _floor_child(argv[1:])
-    if argv and argv[0] == "_idle":
-        return _idle_child(argv[1:])
     a = parse_args(argv)
     result = benchmark(
         a, say=(lambda *_a, **_k: None) if a.json else (lambda s: print(s, flush=True)), stage1=stage1

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from pipelines.bench import data as bench_data
-from pipelines.bench.data import cpu_delta, main, memory_scaling, resolve, steady_state
+from pipelines.bench.data import cpu_delta, main, memory_scaling, steady_state
+from pipelines.bench.inputs import resolve
 from system.data.dataset_dir import iter_shard_samples, load_manifest
 
 

@@ -137,7 +137,7 @@ def test_ours_overrides_keep_text_filter_and_prototype_loss_on(tmp_path):
 
 
 def test_bare_loop_trains_a_few_steps():
-    from pipelines.bench.train import bare_loop
+    from pipelines.bench.bare import bare_loop
 
     r = bare_loop("uniproto-tiny-rn", 32, batch=8, steps=2, warmup=1, num_classes=4, threads=1)
     assert r["steps"] == 2 and r["threads"] == 1
@@ -145,7 +145,7 @@ def test_bare_loop_trains_a_few_steps():
 
 
 def test_runs_summary_is_the_mean_with_its_spread():
-    from pipelines.bench.train import runs_summary
+    from pipelines.bench.stats import runs_summary
 
     r = runs_summary([800.0, 700.0])
     assert r["mean"] == pytest.approx(750.0)
@@ -157,7 +157,8 @@ def test_runs_summary_is_the_mean_with_its_spread():
 
 
 def test_idle_actor_cost_is_the_slowdown_of_the_means_in_all_and_per_actor():
-    from pipelines.bench.train import idle_actor_cost, parse_args
+    from pipelines.bench.bare import idle_actor_cost
+    from pipelines.bench.train import parse_args
 
     r = idle_actor_cost([800.0, 700.0], [660.0, 690.0], actors=10)
     assert r["without"] == 750.0 and r["with"] == 675.0
@@ -170,7 +171,7 @@ def test_idle_actor_cost_is_the_slowdown_of_the_means_in_all_and_per_actor():
 
 
 def test_bare_step_alternates_two_batches_and_trains():
-    from pipelines.bench.train import bare_step
+    from pipelines.bench.bare import bare_step
 
     step = bare_step("uniproto-tiny-rn", 32, 8, 5, seed=0)
     losses = [float(step().detach()) for _ in range(6)]
@@ -187,21 +188,25 @@ def test_benchmark_args_pass_our_overrides_and_refuse_zero_bare_runs():
         parse_args(["--bare-repeats", "0"])
 
 
-def test_raw_shard_spec_gets_a_scanned_manifest(tiny_dataset, tmp_path):
-    from pipelines.bench.train import resolve_shards
+def test_raw_shard_spec_gets_a_scanned_manifest(tiny_dataset, tmp_path, monkeypatch):
+    from pipelines.bench.inputs import resolve
     from system.data.dataset_dir import load_manifest
 
     src = load_manifest(tiny_dataset)
     n = len(src.splits["train"].shards)
     spec = f"{tiny_dataset}/train/{{00000..{n - 1:05d}}}.tar"
-    root, paths, num = resolve_shards(spec, tmp_path)
+    root, paths, num = resolve(spec, tmp_path)
     m = load_manifest(root)
     assert num == src.splits["train"].num_samples == sum(m.train_counts)
     assert m.train_counts == src.train_counts and m.class_names == src.class_names
     assert len(paths) == n
     # A dataset directory is used as is.
-    root2, paths2, num2 = resolve_shards(str(tiny_dataset), tmp_path)
+    root2, paths2, num2 = resolve(str(tiny_dataset), tmp_path)
     assert Path(root2) == Path(tiny_dataset).resolve() and num2 == num and len(paths2) == n
+    # A relative spec comes back absolute: the runs start in the repository root, not in the caller's directory.
+    monkeypatch.chdir(Path(tiny_dataset).parent)
+    root3, paths3, _ = resolve(Path(tiny_dataset).name, tmp_path)
+    assert root3 == root2 and paths3 == paths2 and all(Path(p).is_absolute() for p in paths3)
 
 
 def test_cli_lists_benchmark_and_refuses_unknown_target(capsys):
@@ -244,7 +249,7 @@ def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
 
 
 def test_process_roles_from_titles():
-    from pipelines.bench.train import process_role
+    from pipelines.bench.procs import process_role
 
     assert process_role("python", is_root=True) == "driver"
     assert process_role("ray::RayTrainWorker.run_train_fn", False) == "train_worker"
@@ -263,7 +268,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
 
     import psutil
 
-    from pipelines.bench import train as bench_train
+    from pipelines.bench import procs
 
     titles = {1: ["python"], 2: ["ray::ReadReadShards->MapBatches(x)"], 3: ["ray::IDLE"]}
     cpu = {1: 1.0, 2: 2.0, 3: 0.5}
@@ -293,7 +298,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
             return titles[self.pid][0]
 
     monkeypatch.setattr(psutil, "Process", Proc)
-    mon = bench_train.TreeMonitor(1, interval=3600)  # the thread samples once; the rest by hand
+    mon = procs.TreeMonitor(1, interval=3600)  # the thread samples once; the rest by hand
     mon._stop.set()
     mon._thread.join()
     titles[2] = ["ray::IDLE"]  # the data worker between two tasks
@@ -303,7 +308,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
     out = mon.stop()
     assert out["cpu_s"] == pytest.approx(7.2, abs=0.06) and out["peak_rss_mb"] == 3.0
     assert sum(out["cpu_s_by_role"].values()) == pytest.approx(out["cpu_s"], abs=0.2)
-    assert bench_train.role_line(out).startswith("CPU-s by role: data 5.0 (68%), driver 1.5 (21%)")
+    assert procs.role_line(out).startswith("CPU-s by role: data 5.0 (68%), driver 1.5 (21%)")
     assert [sample[2] for sample in mon.timeline] == [2, 2, 2]  # the two ray:: workers, never the driver
     titles[2] = ["ray::RayTrainWorker.__init__"]
     mon._sample()
@@ -311,7 +316,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
 
 
 def test_cores_by_role_over_a_window():
-    from pipelines.bench.train import cores_by_role
+    from pipelines.bench.procs import cores_by_role
 
     timeline = [
         (10.0, {"driver": 1.0}, 3),
@@ -341,7 +346,7 @@ def test_idle_child_runs_the_loop_without_and_with_idle_actors():
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "pipelines.bench.train", "_idle", "--arch", "uniproto-tiny-rn", "--image-size", "32",
+    cmd = [sys.executable, "-m", "pipelines.bench.bare", "idle", "--arch", "uniproto-tiny-rn", "--image-size", "32",
            "--batch", "8", "--steps", "2", "--warmup", "1", "--classes", "5", "--threads", "1",
            "--actors", "2", "--rounds", "2"]  # fmt: skip
     r = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=230)
@@ -356,7 +361,7 @@ def test_idle_child_runs_the_loop_without_and_with_idle_actors():
 
 
 def test_ab_summary_means_ratio_and_rounds():
-    from pipelines.bench.train import ab_summary
+    from pipelines.bench.stats import ab_summary
 
     s = ab_summary([400.0, 500.0], [440.0, 450.0])
     assert s["a"] == 450.0 and s["b"] == 445.0
