@@ -219,14 +219,15 @@ def test_cli_lists_benchmark_and_refuses_unknown_target(capsys):
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
-    """Ours + peer + bare (twice) + floor on the tiny dataset: the last line is the JSON contract, its ratios
-    computed from its own figures (the figures themselves are timings, not asserted)."""
+    """Ours (one A/B round: two runs) + peer + bare (twice) + floor on the tiny dataset: the last line is the JSON
+    contract, its ratios computed from its own figures (the figures themselves are timings, not asserted); each
+    of ours' runs has its own run directory, the shared --set in both resolved configs, B's override in B's only."""
     from pipelines.cli import main
 
     rc = main(
         ["benchmark", "train", "--shards", str(tiny_dataset), "--cpus", "2", "--epochs", "2", "--batch", "32",
          "--bare-steps", "2", "--bare-warmup", "1", "--workdir", str(tmp_path / "w"),
-         "--set", "data.shuffle_buffer=0"]
+         "--set", "data.shuffle_buffer=0", "--ab", "data.prefetch_batches=2", "--ab-rounds", "1"]
     )  # fmt: skip
     assert rc == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -240,8 +241,15 @@ def test_benchmark_last_line_is_json(tiny_dataset, tmp_path, capsys):
     assert result["floor_overhead"] == pytest.approx(1 - result["floor"] / result["bare"], abs=2e-3)
     assert result["overhead_above_floor"] == pytest.approx(1 - result["ours"] / result["floor"], abs=2e-3)
     assert result["ours_sets"] == ["data.shuffle_buffer=0"]
-    resolved = (tmp_path / "w" / "ours" / "bench-ours" / "config.yaml").read_text()
-    assert "shuffle_buffer: 0" in resolved  # the extra override reached our run
+    # The A/B block: ours is A's figure, the ratio B's over A's.
+    ab = result["ab"]
+    assert len(ab["a_runs"]) == len(ab["b_runs"]) == 1 and ab["sets"] == ["data.prefetch_batches=2"]
+    assert ab["ratio"] == pytest.approx(ab["b_runs"][0] / ab["a_runs"][0], rel=1e-3)
+    assert result["ours"] == pytest.approx(ab["a_runs"][0], rel=1e-3)
+    a_cfg = (tmp_path / "w" / "ours-a0" / "bench-ours" / "config.yaml").read_text()
+    b_cfg = (tmp_path / "w" / "ours-b0" / "bench-ours" / "config.yaml").read_text()
+    assert "shuffle_buffer: 0" in a_cfg and "shuffle_buffer: 0" in b_cfg  # the extra override reached both
+    assert "prefetch_batches: 2" in b_cfg and "prefetch_batches: 2" not in a_cfg
     # CPU-s by process role add up to the run's CPU-s; the Train worker and the data pipeline both show
     roles = result["ours_detail"]["cpu_s_by_role"]
     assert roles.get("train_worker", 0) > 0 and roles.get("data", 0) > 0 and roles.get("driver", 0) > 0
@@ -392,7 +400,7 @@ def test_ab_args_are_checked_before_any_run(capsys):
 
 def test_ab_runs_alternate_and_only_b_gets_the_overrides(tiny_dataset, tmp_path, monkeypatch):
     """The A/B orchestration with the child runs replaced by a stand-in that writes their reports (the real
-    child is run by the test below and by test_benchmark_last_line_is_json): order A B B A, B's overrides
+    child is run by test_benchmark_last_line_is_json): order A B B A, B's overrides
     after the shared --set, figures from each run's own reports."""
     import pipelines.bench.train as bt
 
@@ -420,24 +428,3 @@ def test_ab_runs_alternate_and_only_b_gets_the_overrides(tiny_dataset, tmp_path,
     assert ab["a_runs"] == pytest.approx([201.0, 204.0]) and ab["b_runs"] == pytest.approx([300.0, 300.0])
     assert result["ours"] == pytest.approx(202.5) and ab["all_rounds_agree"]
     assert ab["round_ratios"] == [round(300 / 201, 4), round(300 / 204, 4)]
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(600)
-def test_ab_real_runs_resolve_their_own_configs(tiny_dataset, tmp_path, capsys):
-    """One A/B round of ours for real: two runs, each in its own run directory, B's override in B's resolved
-    config only; the last line carries the A/B block."""
-    from pipelines.cli import main
-
-    rc = main(["benchmark", "train", "--shards", str(tiny_dataset), "--only", "ours", "--cpus", "2",
-               "--epochs", "2", "--batch", "32", "--workdir", str(tmp_path / "w"), "--ab", "data.shuffle_buffer=0",
-               "--ab-rounds", "1"])  # fmt: skip
-    assert rc == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    ab = result["ab"]
-    assert len(ab["a_runs"]) == len(ab["b_runs"]) == 1 and ab["sets"] == ["data.shuffle_buffer=0"]
-    assert ab["ratio"] == pytest.approx(ab["b_runs"][0] / ab["a_runs"][0], rel=1e-3)
-    assert result["ours"] == pytest.approx(ab["a_runs"][0], rel=1e-3)
-    a_cfg = (tmp_path / "w" / "ours-a0" / "bench-ours" / "config.yaml").read_text()
-    b_cfg = (tmp_path / "w" / "ours-b0" / "bench-ours" / "config.yaml").read_text()
-    assert "shuffle_buffer: 0" in b_cfg and "shuffle_buffer: 0" not in a_cfg

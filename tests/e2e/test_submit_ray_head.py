@@ -8,7 +8,9 @@ joined with `ray start --address` that holds every CPU, then
   the job before Ray starts, naming the key), and `uniproto submit stop` stops a running job;
 - `uniproto submit run --follow` runs the whole pipeline on the tiny dataset as a job (stage 1 and stage 2 of a
   2-trial sweep, all of it on the worker node: the head has no CPU) and ends SUCCEEDED, with the
-  report under run.output_dir and Train checkpoints under ray.storage_path; its id, config hash and git commit are
+  report under run.output_dir (selection on val, every trial's planned steps and its val probe reduced over both
+  workers, the diagnostics and plots, a best.yaml that loads as a one-trial config) and Train checkpoints under
+  ray.storage_path; its id, config hash and git commit are
   those computed here; no secret from the environment and not the cluster token appear in anything it printed or
   the job carries; the uploaded package holds the code and none of runs/, .venv/, .git/ or shard files;
 - the same config again is refused while its job exists (a second training run needs --resubmit).
@@ -224,19 +226,18 @@ def _job_sets(tiny_dataset, out: Path) -> list[str]:
         "run.name": "job",
         "ray.storage_path": out / "storage",
         "data.image_size": 32,
-        "train.epochs": 1,
-        "train.steps": "null",
+        "train.steps": 17,  # 226 train images at a global batch of 32: 7 steps an epoch, a partial third
+        "train.reports": 3,  # at steps 6, 12 and 17
         "train.micro_batch_size": 16,
         "finetune.epochs": 3,
         "finetune.lambda_points": 11,
-        "eval.stage1_val_samples": 0,
         "sweep.space": "tune_spaces/demo.yaml",  # two trials
         "ray.no_progress_timeout_s": 120,
     }
     return [f"{k}={v}" for k, v in sets.items()]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_submit_to_a_real_ray_head(ray_head, tiny_dataset, tmp_path):
     head = ray_head
     # Token authentication is on: no token, no job API. The dashboard listens on loopback only.
@@ -285,7 +286,7 @@ def test_submit_to_a_real_ray_head(ray_head, tiny_dataset, tmp_path):
         "run", "pipelines/configs/demo.yaml", sets, stages=STAGES, workdir=REPO, local=True, cwd=REPO
     )
     t0 = time.monotonic()
-    r = _uniproto(head, *argv, env=env, timeout=480)
+    r = _uniproto(head, *argv, env=env, timeout=720)
     elapsed = time.monotonic() - t0
     printed = r.stdout + r.stderr
     (tmp_path / "job.log").write_text(printed)  # the whole log, for a failure's cause
@@ -319,10 +320,10 @@ def test_submit_to_a_real_ray_head(ray_head, tiny_dataset, tmp_path):
         assert head.token not in text
 
     # Artifacts: the report under run.output_dir, Train checkpoints (model.pt) under ray.storage_path.
-    report = json.loads((out / "runs" / "job" / "report.json").read_text())
-    assert 0.0 <= report["overall"] <= 100.0 and report["config"]["train"]["epochs"] == 1
+    run_dir = out / "runs" / "job"
+    report = json.loads((run_dir / "report.json").read_text())
     assert report["config"]["data"]["root"] == str(tiny_dataset)
-    assert len(report["trials"]) == 2 and all(t["status"] == "completed" for t in report["trials"])
+    _assert_the_pipelines_report(report, run_dir)
     storage = out / "storage"
     assert (storage / "job-sweep").is_dir()
     assert list(storage.rglob("model.pt")), sorted(str(p) for p in storage.rglob("*"))[:50]
@@ -345,3 +346,58 @@ def test_submit_to_a_real_ray_head(ray_head, tiny_dataset, tmp_path):
     # The same config while its job exists is refused: training twice needs an explicit --resubmit.
     again = _uniproto(head, *[a for a in argv if a != "--follow"], env=env)
     assert again.returncode == 2 and "already ran (SUCCEEDED)" in again.stderr, again.stderr
+
+
+def _assert_the_pipelines_report(report: dict, run_dir: Path) -> None:
+    """What the whole pipeline (2-trial sweep, stage 2, test report) wrote, read from its run directory."""
+    from system.config import load_config
+
+    for key in ("overall", "many", "medium", "few"):
+        assert 0.0 <= report[key] <= 100.0
+    # 6 classes at 120..3 images: one many-shot, two medium, three few-shot classes.
+    assert report["train_counts"] == [120, 57, 27, 13, 6, 3]
+    assert report["config"]["train"]["steps"] == 17 and report["config"]["train"]["epochs"] is None
+    assert len(report["trials"]) == 2 and all("error" not in t for t in report["trials"])
+    assert {t["params"]["loss.proto_temperature"] for t in report["trials"]} == {0.05, 0.2}
+    # Selection happened on val: the chosen trial is the best val trial and lambda lies on the curve's grid.
+    assert report["selection"]["val_top1"] == max(t["val_top1"] for t in report["trials"])
+    assert 0.0 <= report["selection"]["lambda"] <= 1.0
+    for name in (
+        "report.md",
+        "per_class_accuracy.png",
+        "lambda_curves.png",
+        "config.yaml",
+        "results.csv",
+        "results.md",
+        "sweep_efficiency.png",
+        "sweep_loss_proto_temperature.png",
+        "best.yaml",
+        "feature_geometry.png",
+        "positive_bias.png",
+    ):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert "| overall | many | medium | few |" in (run_dir / "report.md").read_text()
+    assert set(report["stage_seconds"]) >= {"text filter", "prototypes", "sweep", "evaluate", "total"}
+    # Stage-1 metrics made it through Train -> Tune: every trial trained for the planned steps, and the
+    # per-epoch val probe (the sweep metric) was reduced over both workers: all 48 val images counted.
+    trials = report["trials"]
+    assert all(t["final_epoch"] == 3 and t["final_step"] == 17 for t in trials)  # report 3 of 3
+    assert all(t["final_data_epoch"] == 3 for t in trials)  # in the third pass over the data
+    assert all(t["final_val_probe_samples"] == 48 for t in trials)
+    assert all(0.0 <= t["final_val_ncm_top1"] <= 100.0 for t in trials)
+    assert all(t["status"] == "completed" and t["iterations"] == 4 for t in trials)
+    eff = report["sweep"]["efficiency"]
+    assert eff["trials"] == 2 and eff["stopped_early"] == 0 and eff["wall_s"] > 0
+    assert len((run_dir / "results.csv").read_text().splitlines()) == 3
+    # Diagnostics: centroid distances before and after stage 1, the head's bias, all in the report.
+    for when in ("before", "after"):
+        g = report["feature_geometry"][when]
+        assert 0.0 <= g["tail_tail"] <= 2.0 and 0.0 <= g["head_tail"] <= 2.0
+    assert len(report["positive_bias"]["mean_logit"]) == 6
+    assert -1.0 <= report["positive_bias"]["mean_logit_vs_count_spearman"] <= 1.0
+    assert "## Feature space" in (run_dir / "report.md").read_text()
+    # best.yaml is the chosen trial as a one-trial config: its values, lambda fixed, no sweep.
+    best = load_config(run_dir / "best.yaml")
+    assert best.run.name == "job-best" and best.sweep.space is None
+    assert best.loss.proto_temperature == report["selection"]["params"]["loss.proto_temperature"]
+    assert best.finetune.blend_weight == pytest.approx(report["selection"]["lambda"])
