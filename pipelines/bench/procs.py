@@ -63,7 +63,8 @@ class TreeMonitor:
         cmd = p.cmdline()
         return cmd[0] if cmd and cmd[0].startswith("ray::") else p.name()
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        """One sample now: every process's CPU growth since the last, by role; the tree's summed RSS."""
         import psutil
 
         try:
@@ -96,13 +97,13 @@ class TreeMonitor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._sample()
+            self.sample()
             self._stop.wait(self.interval)
 
     def stop(self) -> dict[str, Any]:
         self._stop.set()
         self._thread.join()
-        self._sample()  # the last one, after the thread's (two at once would count a growth twice)
+        self.sample()  # the last one, after the thread's (two at once would count a growth twice)
         return {
             "cpu_s": round(sum(self.cpu.values()), 1),
             "peak_rss_mb": round(self.peak_rss / 2**20, 1),

@@ -100,7 +100,7 @@ class Stage1Step:
         with autocast(self.precision, images.device):
             x = self.preprocess(images)  # [b, 3, S, S]
             out = self.model(x, text)
-            t_logits = self._teacher(x, text)
+            t_logits = self.teacher_logits(x, text)
         class_head = getattr(self.module, "class_head", None)
         scale = out["logit_scale"].float()  # [1] s = exp(log s): open_clip returns it exponentiated
         terms = self.loss_fn(
@@ -114,7 +114,8 @@ class Stage1Step:
         return StepResult(total_loss(terms), terms, scale.detach())
 
     @torch.no_grad()
-    def _teacher(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def teacher_logits(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The frozen teacher's (image->text, text->image) logits for this batch, or None without a teacher."""
         if self.teacher is None:
             return None
         out = self.teacher(x, text)

@@ -311,7 +311,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
     mon._thread.join()
     titles[2] = ["ray::IDLE"]  # the data worker between two tasks
     cpu.update({1: 1.5, 2: 5.0, 3: 0.75})
-    mon._sample()
+    mon.sample()
     assert mon.by_role == pytest.approx({"driver": 1.5, "data": 5.0, "ray_idle": 0.75})
     out = mon.stop()
     assert out["cpu_s"] == pytest.approx(7.2, abs=0.06) and out["peak_rss_mb"] == 3.0
@@ -319,7 +319,7 @@ def test_tree_monitor_splits_cpu_by_role_and_keeps_a_workers_last_role(monkeypat
     assert procs.role_line(out).startswith("CPU-s by role: data 5.0 (68%), driver 1.5 (21%)")
     assert [sample[2] for sample in mon.timeline] == [2, 2, 2]  # the two ray:: workers, never the driver
     titles[2] = ["ray::RayTrainWorker.__init__"]
-    mon._sample()
+    mon.sample()
     assert mon.timeline[-1][2] == 1  # a Train worker is not counted beside itself
 
 

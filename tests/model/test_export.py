@@ -150,7 +150,7 @@ def test_frozen_teacher_and_its_logits(tmp_path):
     step = Stage1Step(student, student, Stage1Loss(None), preprocess_for(student), "fp32", teacher)
     images = torch.randn(3, 3, 32, 32)
     text = tokenizer_for(ARCH)(["a red circle", "a blue square", "a green star"])
-    i2t, t2i = step._teacher(images, text)  # one process: rows = columns = the batch, [b, b] each
+    i2t, t2i = step.teacher_logits(images, text)  # one process: rows = columns = the batch, [b, b] each
     out = teacher(images, text)
     expected = out["logit_scale"] * out["image_features"] @ out["text_features"].T
     assert i2t.shape == (3, 3) and torch.allclose(i2t, expected) and not i2t.requires_grad
