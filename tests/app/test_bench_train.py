@@ -345,6 +345,7 @@ def test_cores_by_role_over_a_window():
     assert "ray_processes" not in cores_by_role(untallied, 10.5, 14.5)
 
 
+@pytest.mark.integration  # its child process starts a local Ray
 @pytest.mark.timeout(240)
 def test_idle_child_runs_the_loop_without_and_with_idle_actors():
     """The `--only idle` child for real (a local Ray, real actors), at a size that only checks the path."""

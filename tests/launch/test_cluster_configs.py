@@ -268,8 +268,11 @@ def test_the_real_repo_uploads_small(tmp_path):
     _zip_files(str(REPO), _runtime_env()["excludes"], str(out), include_gitignore=False)
     names = zipfile.ZipFile(out).namelist()
     assert "system/launch/plan.py" in names and "pipelines/configs/demo.yaml" in names
+    # Files only: Ray also writes an entry for an empty directory its dir-only pattern (`/runs/`) does not match
+    # by its bare name; such an entry carries nothing.
+    files = [n for n in names if not n.endswith("/")]
     assert not [
-        n for n in names if n.split("/")[0] in {"runs", ".venv", ".git"} or n.endswith((".tar", ".pt"))
+        n for n in files if n.split("/")[0] in {"runs", ".venv", ".git"} or n.endswith((".tar", ".pt"))
     ]
     assert out.stat().st_size < 10 * 2**20
 

@@ -168,6 +168,7 @@ def test_refusals_exit_2_before_any_connection(tmp_path, capsys):
     assert "not uploaded with the working directory" in capsys.readouterr().err
     # A config under runs/ (best.yaml of a sweep) stays home with runs/: refused with the way out.
     best = REPO / "runs" / "_submit_test_best.yaml"
+    made_runs = not best.parent.exists()
     best.parent.mkdir(exist_ok=True)
     best.write_text((REPO / DEMO).read_text())
     try:
@@ -175,6 +176,8 @@ def test_refusals_exit_2_before_any_connection(tmp_path, capsys):
         assert "copy it under pipelines/configs/" in capsys.readouterr().err
     finally:
         best.unlink()
+        if made_runs:
+            best.parent.rmdir()  # leave the checkout as it was
 
 
 def test_dry_run_carries_no_secrets(tiny_dataset, monkeypatch, capsys):
