@@ -27,6 +27,14 @@ def test_demo_config_loads_with_types():
     assert cfg.sweep.space == "tune_spaces/demo.yaml"
 
 
+@pytest.mark.parametrize("path", sorted(DEMO.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    """Each of pipelines/configs/*.yaml (a new one too) loads, and its resolved form loads back equal."""
+    cfg = load_config(path)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
 def test_overrides_are_typed_by_yaml():
     cfg = load_config(
         DEMO,
