@@ -1,9 +1,9 @@
-"""`uniproto benchmark gpu` (`make gpu-check`): the one-GPU check as one JSON line, in 8 minutes on an H200.
+"""`uniproto benchmark gpu` (`make gpu-check`): the one-GPU check as one JSON line, in 8.5 minutes on an H200.
 
-    python -m pipelines.bench.gpu [--only bare,peer,ours,resume] [--workdir DIR] [--out FILE] [--smoke]
+    python -m pipelines.bench.gpu [--only bare,peer,ours,features,resume] [--workdir DIR] [--out FILE] [--smoke]
 
 Parts, each its own process with its own timeout (a failure or timeout is recorded in the JSON as `error`, and
-the next part still runs), within one overall budget (`--budget-s`, default 480 s):
+the next part still runs), within one overall budget (`--budget-s`, default 510 s):
 
 * **env**: torch and CUDA versions, the GPU and its driver, the bundled packages' versions.
 * **dataset**: the demo's long-tailed dataset rendered at `--image-size` by every core (`make-demo-data
@@ -18,6 +18,9 @@ the next part still runs), within one overall budget (`--budget-s`, default 480 
   reports.
 * **resume**: ours again with the same run name and one more epoch: it must start from ours' checkpoint
   (`resumed_from_step` > 0) and finish.
+* **features**: stage 2's feature pass (`pipelines.bench.stage2`: Ray Data batch inference, the actor pool on the
+  GPU) over the train split at 1x and 3x: images/s, its fixed start and marginal rate (the figure the operator's
+  guide sizes stage 2 with), and the driver's memory growth from 1x to 3x.
 
 GPU utilisation and memory in use are sampled with nvidia-smi every second during each part (utilisation over
 the measured steps where the part says when they ran); MFU as in pipelines.bench.gpu_parts; `ratio` = ours / peer.
@@ -49,15 +52,15 @@ from pipelines.bench.gpu_parts import (
 )
 
 REPO = Path(__file__).resolve().parents[2]  # the repository root
-PARTS = ("bare", "peer", "ours", "resume")
+PARTS = ("bare", "peer", "ours", "features", "resume")  # features before resume: inside the budget first
 GOAL_DATA_WAIT = 0.02
 
 # Defaults of the H200 check and of --smoke (a 2-core CPU machine); an option given on the command line wins.
 GPU_PRESET: dict[str, Any] = {
     "arch": "ViT-B-16", "image_size": 224, "batch": 256, "steps": 30, "warmup": 10, "epochs": 3,
     "precision": "bf16", "device": "auto", "classes": 50, "n_max": 500, "samples_per_shard": 100,
-    "budget_s": 480.0,
-    "budgets": {"env": 30, "dataset": 45, "bare": 60, "peer": 90, "ours": 150, "resume": 105},
+    "budget_s": 510.0,
+    "budgets": {"env": 30, "dataset": 45, "bare": 60, "peer": 90, "ours": 135, "features": 60, "resume": 90},
     # As pipelines/configs/gpu-node.yaml: the Train worker drives the GPU with 2 CPUs, one read+decode task
     # per logical CPU (Ray gets one per core), 4 batches in flight to ride out a slow decode task.
     "ours_sets": ["train.cpus_per_worker=2", "data.decode_cpus=1.0", "data.prefetch_batches=4"],
@@ -66,8 +69,8 @@ GPU_PRESET: dict[str, Any] = {
 SMOKE_PRESET: dict[str, Any] = {
     "arch": "uniproto-tiny-rn", "image_size": 32, "batch": 32, "steps": 4, "warmup": 2, "epochs": 2,
     "precision": "bf16", "device": "cpu", "classes": 6, "n_max": 60, "samples_per_shard": 16,
-    "budget_s": 1500.0,
-    "budgets": {"env": 120, "dataset": 120, "bare": 240, "peer": 300, "ours": 420, "resume": 300},
+    "budget_s": 1800.0,
+    "budgets": {"env": 120, "dataset": 120, "bare": 240, "peer": 300, "ours": 420, "resume": 300, "features": 300},
     # 2 cores: the demo's convention (the 2-core hang of docs/stack-notes.md), as pipelines.bench.train.ours_overrides sets it
     "ours_sets": [], "ray_cpus_per_core": 2,
 }  # fmt: skip
@@ -305,6 +308,18 @@ class Check:
             window = (epochs_seen[0].get("recorded_at"), epochs_seen[-1].get("recorded_at"))
             self.record(name, run, figures, window)
 
+    def features(self) -> None:
+        """Stage 2's feature pass at 1x and 3x the train split, the actor pool on the GPU (on the CPU under --smoke)."""
+        a = self.a
+        sets = {"data.root": self.data[0], "model.arch": a.arch, "data.image_size": a.image_size,
+                "train.precision": a.precision, "train.use_gpu": str(a.device == "cuda").lower(),
+                "ray.num_cpus": a.ray_cpus_per_core * self.cores, "ray.no_progress_timeout_s": 60}  # fmt: skip
+        cmd = [sys.executable, "-m", "pipelines.bench.stage2", "--config", "pipelines/configs/demo.yaml",
+               "--scale", "3", *(x for k, v in sets.items() for x in ("--set", f"{k}={v}"))]  # fmt: skip
+        run = self.run("features", cmd, part_env(None, a.device))
+        if run and not run.error:
+            self.record("features", run, stage2_figures(run.log.read_text(errors="replace")))
+
 
 def peer_window(text: str) -> tuple[float, float] | None:
     """Wall times of the peer's first logged step of epoch 1 and its last step (open_clip_train's log stamps,
@@ -314,6 +329,24 @@ def peer_window(text: str) -> tuple[float, float] | None:
     stamps = re.findall(r"^(\d{4}-\d\d-\d\d,\d\d:\d\d:\d\d) \| INFO \| Train Epoch: (\d+)", text, re.M)
     times = [time.mktime(time.strptime(s, "%Y-%m-%d,%H:%M:%S")) for s, epoch in stamps if int(epoch) >= 1]
     return (times[0], times[-1] + 1) if times else None
+
+
+def stage2_figures(log: str) -> dict[str, Any]:
+    """What the check keeps of `pipelines.bench.stage2`'s result (its last line is one JSON object): the feature
+    pass's images/s at 1x, its fixed start and marginal rate, the rows, and the driver's growth from 1x to 3x."""
+    line = next((x for x in reversed(log.splitlines()) if x.startswith('{"arch"')), None)
+    if line is None:
+        raise ValueError("no result line from pipelines.bench.stage2")
+    r = json.loads(line)
+    one = r["runs"][0]
+    return {
+        "images_per_s": one["images_per_s"],
+        "rows": one["rows"],
+        "marginal_images_per_s": r["marginal_images_per_s"],
+        "pass_start_s": r["pass_start_s"],
+        "driver_growth_mib": r["ours_growth_mib"],
+        "pool": r["pool"],
+    }
 
 
 def assemble(
@@ -337,7 +370,7 @@ def assemble(
         "flops_per_sample": flops,
         "peak_flops": peak if on_gpu else None,
         "mfu_formula": MFU_FORMULA,
-        **{k: parts.get(k) for k in ("dataset", "bare", "peer", "ours", "resume")},
+        **{k: parts.get(k) for k in ("dataset", "bare", "peer", "ours", "resume", "features")},
         "ratio": ratio,
         "goals": {
             "ours_at_least_peer": ratio >= 1.0 if ratio is not None else None,
@@ -357,13 +390,14 @@ def check(a: argparse.Namespace) -> dict[str, Any]:
     env = c.env()
     say(f"env: {json.dumps(env)}")
     no_gpu = a.device == "cuda" and "cuda_available" in env and not env["cuda_available"]
-    steps = {"bare": c.bare, "peer": c.peer, "ours": c.ours, "resume": lambda: c.ours("resume")}
-    if any(p in a.parts for p in ("peer", "ours")):
+    steps = {"bare": c.bare, "peer": c.peer, "ours": c.ours, "resume": lambda: c.ours("resume"),
+             "features": c.features}  # fmt: skip
+    if any(p in a.parts for p in ("peer", "ours", "features")):
         guarded(c, "dataset", c.dataset)
     for name in a.parts:
         if no_gpu:
             c.parts[name] = {"error": "--device cuda, but torch sees no CUDA device"}
-        elif name in ("peer", "ours", "resume") and c.data is None:
+        elif name in ("peer", "ours", "resume", "features") and c.data is None:
             c.parts[name] = {"error": "no dataset (see dataset.error)"}
         elif name == "resume" and (c.parts.get("ours") or {}).get("error"):
             c.parts[name] = {"error": "ours failed: no checkpoint to resume"}
