@@ -1,4 +1,5 @@
-"""`uniproto benchmark gpu` (`make gpu-check`): the one-GPU check as one JSON line, in 8.5 minutes on an H200.
+"""`uniproto benchmark gpu` (`make gpu-check`): the one-GPU check as one JSON line, within an 8.5-minute budget
+(not yet timed on a GPU).
 
     python -m pipelines.bench.gpu [--only bare,peer,ours,features,resume] [--workdir DIR] [--out FILE] [--smoke]
 
@@ -50,9 +51,10 @@ from pipelines.bench.gpu_parts import (
     run_part,
     train_flops_per_sample,
 )
+from pipelines.bench.procs import REPO
 
-REPO = Path(__file__).resolve().parents[2]  # the repository root
 PARTS = ("bare", "peer", "ours", "features", "resume")  # features before resume: inside the budget first
+NEEDS_DATASET = ("peer", "ours", "features", "resume")
 GOAL_DATA_WAIT = 0.02
 
 # Defaults of the H200 check and of --smoke (a 2-core CPU machine); an option given on the command line wins.
@@ -276,9 +278,7 @@ class Check:
             shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run: only `resume` resumes
         sets = ours_overrides(self.data[0], out_dir, a.arch, a.image_size, a.batch, 1, epochs, self.cores,
                               zero_stage=a.zero_stage)  # fmt: skip
-        extra = [f"train.precision={a.precision}", f"train.use_gpu={str(a.device == 'cuda').lower()}",
-                 f"ray.num_cpus={a.ray_cpus_per_core * self.cores}", "ray.no_progress_timeout_s=60",
-                 *a.ours_sets]  # fmt: skip
+        extra = [f"{k}={v}" for k, v in self.ray_run_sets().items()] + a.ours_sets
         sets += [x for kv in extra for x in ("--set", kv)]
         cmd = [
             sys.executable,
@@ -308,12 +308,16 @@ class Check:
             window = (epochs_seen[0].get("recorded_at"), epochs_seen[-1].get("recorded_at"))
             self.record(name, run, figures, window)
 
+    def ray_run_sets(self) -> dict[str, Any]:
+        """The config both Ray parts (ours, features) run with: the check's precision and device, Ray's CPUs."""
+        return {"train.precision": self.a.precision, "train.use_gpu": str(self.a.device == "cuda").lower(),
+                "ray.num_cpus": self.a.ray_cpus_per_core * self.cores, "ray.no_progress_timeout_s": 60}  # fmt: skip
+
     def features(self) -> None:
         """Stage 2's feature pass at 1x and 3x the train split, the actor pool on the GPU (on the CPU under --smoke)."""
         a = self.a
         sets = {"data.root": self.data[0], "model.arch": a.arch, "data.image_size": a.image_size,
-                "train.precision": a.precision, "train.use_gpu": str(a.device == "cuda").lower(),
-                "ray.num_cpus": a.ray_cpus_per_core * self.cores, "ray.no_progress_timeout_s": 60}  # fmt: skip
+                **self.ray_run_sets()}  # fmt: skip
         cmd = [sys.executable, "-m", "pipelines.bench.stage2", "--config", "pipelines/configs/demo.yaml",
                "--scale", "3", *(x for k, v in sets.items() for x in ("--set", f"{k}={v}"))]  # fmt: skip
         run = self.run("features", cmd, part_env(None, a.device))
@@ -370,7 +374,7 @@ def assemble(
         "flops_per_sample": flops,
         "peak_flops": peak if on_gpu else None,
         "mfu_formula": MFU_FORMULA,
-        **{k: parts.get(k) for k in ("dataset", "bare", "peer", "ours", "resume", "features")},
+        **{k: parts.get(k) for k in ("dataset", *PARTS)},
         "ratio": ratio,
         "goals": {
             "ours_at_least_peer": ratio >= 1.0 if ratio is not None else None,
@@ -392,12 +396,12 @@ def check(a: argparse.Namespace) -> dict[str, Any]:
     no_gpu = a.device == "cuda" and "cuda_available" in env and not env["cuda_available"]
     steps = {"bare": c.bare, "peer": c.peer, "ours": c.ours, "resume": lambda: c.ours("resume"),
              "features": c.features}  # fmt: skip
-    if any(p in a.parts for p in ("peer", "ours", "features")):
+    if any(p in a.parts for p in NEEDS_DATASET):
         guarded(c, "dataset", c.dataset)
     for name in a.parts:
         if no_gpu:
             c.parts[name] = {"error": "--device cuda, but torch sees no CUDA device"}
-        elif name in ("peer", "ours", "resume", "features") and c.data is None:
+        elif name in NEEDS_DATASET and c.data is None:
             c.parts[name] = {"error": "no dataset (see dataset.error)"}
         elif name == "resume" and (c.parts.get("ours") or {}).get("error"):
             c.parts[name] = {"error": "ours failed: no checkpoint to resume"}
