@@ -13,6 +13,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml cluster/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing uniproto and its pinned stack into $(VENV) (about 2 minutes the first time)"
+	@free_kib=$$(df -Pk . | awk 'NR == 2 {print $$4}'); if [ "$$free_kib" -lt 8388608 ]; then \
+	  echo "[setup] warning: $$((free_kib / 1048576)) GiB free on this disk; $(VENV) takes about 7 GiB" \
+	    "(torch's CUDA build and its NVIDIA libraries)"; fi
 	$(PY) -m pip install --quiet --disable-pip-version-check -c cluster/constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
