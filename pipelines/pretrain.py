@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from system.runtime.cluster import init_ray
     from system.runtime.pretrain import run_stage1
     from system.runtime.reader import ledger_summary, new_ledger
+    from system.runtime.resume import checkpoint_url
 
     with ctx.timer("ray"):
         print(f"[uniproto] {init_ray(ctx.cfg)}", flush=True)
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = ledger_summary(ledger)
     print(f"[uniproto] stage-1 data: {data_line(data)}", flush=True)
     out = {
-        "checkpoint": result.checkpoint.path,
+        "checkpoint": checkpoint_url(result.checkpoint),
         "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
         "stage_seconds": ctx.timer.seconds,
         "prototypes": ctx.prototype_stats,

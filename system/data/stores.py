@@ -12,6 +12,7 @@ AWS_REGION (and ~/.aws, instance roles); gs reads the Google application-default
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -91,6 +92,20 @@ def read_text(path: str) -> str:
     fs, p = filesystem_for(path)
     with fs.open_input_stream(p) as f:
         return f.read().decode("utf-8")
+
+
+def download(path: str, dest: Path) -> Path:
+    """One file of a local path or an object-store URL copied to `dest`, streamed (a checkpoint's weights can be
+    gigabytes). FileNotFoundError names `path` when there is no such object."""
+    import pyarrow.fs as pafs
+
+    fs, p = filesystem_for(path)
+    if fs.get_file_info(p).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{path}: no such file")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(p) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 8 << 20)
+    return dest
 
 
 def exists(paths: Sequence[str]) -> list[bool]:

@@ -75,11 +75,15 @@ def weights_only_loads() -> Iterator[None]:
         torch.load = original
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_weights(
+    path: str | Path, shown: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors of a consolidated `model.pt` or an exported `.safetensors` file, and its metadata (the
     safetensors header's, or the `meta.json` beside a model.pt), never unpickling objects. CheckpointError names
-    the file: unreadable, not a tensor mapping, or holding a non-finite weight."""
+    the file (as `shown`, for a local copy of a remote one): unreadable, not a tensor mapping, or holding a
+    non-finite weight."""
     p = Path(path)
+    name = shown or str(p)
     try:
         if p.suffix == ".safetensors":
             from safetensors import safe_open
@@ -93,14 +97,14 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     except CheckpointError:
         raise
     except FileNotFoundError:
-        raise CheckpointError(f"{p}: no such file") from None
+        raise CheckpointError(f"{name}: no such file") from None
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types; each means "not loadable"
-        raise CheckpointError(f"{p}: not a readable weights file ({_refused(e)})") from None
+        raise CheckpointError(f"{name}: not a readable weights file ({_refused(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{p}: not a mapping of parameter names to tensors")
-    for name, t in state.items():
+        raise CheckpointError(f"{name}: not a mapping of parameter names to tensors")
+    for key, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{p}: tensor {name} holds non-finite values (NaN or inf)")
+            raise CheckpointError(f"{name}: tensor {key} holds non-finite values (NaN or inf)")
     return state, meta
 
 

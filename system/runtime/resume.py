@@ -57,3 +57,10 @@ def checkpoint_directory(
         barrier()
         if local_rank == 0:
             shutil.rmtree(local, ignore_errors=True)
+
+
+def checkpoint_url(checkpoint: ray.train.Checkpoint) -> str:
+    """Where a Train checkpoint lives, as what `uniproto finetune` and `uniproto export` take: a local path, or an
+    object-store URL (the filesystem's own path has no scheme: `bucket/prefix/checkpoint_...`)."""
+    kind = checkpoint.filesystem.type_name  # "local", "s3", "gcs", ...
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"

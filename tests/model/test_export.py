@@ -179,3 +179,45 @@ def test_feature_encoder_takes_read_only_batches_without_a_warning(tmp_path):
     assert out["feature"].shape[0] == 3
     np.testing.assert_allclose(out["feature"], ref["feature"], rtol=0, atol=0)
     np.testing.assert_allclose(np.linalg.norm(out["feature"], axis=1), 1.0, atol=1e-5)
+
+
+def test_a_checkpoint_on_s3_exports_and_reads_as_a_local_copy(checkpoint, moto_s3, tmp_path, capsys):
+    """With ray.storage_path on an object store, stage1.json records the checkpoint's URL: export and finetune
+    read its model.pt and meta.json through a temporary local copy, never its DeepSpeed shards."""
+    from system.model.export import checkpoint_location, local_checkpoint
+
+    d, state = checkpoint
+    prefix = "uniproto/runs/r-stage1/checkpoint_000002"
+    url = f"s3://{prefix}"
+    for name in ("model.pt", "meta.json"):
+        with moto_s3.open_output_stream(f"{prefix}/{name}") as f:
+            f.write((d / name).read_bytes())
+    with moto_s3.open_output_stream(f"{prefix}/global_step21/mp_rank_00_model_states.pt") as f:
+        f.write(b"a DeepSpeed shard: never downloaded")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stage1.json").write_text(json.dumps({"checkpoint": url + "/"}))
+    assert checkpoint_location(run) == url
+
+    with local_checkpoint(run) as local:
+        assert sorted(p.name for p in local.iterdir()) == ["meta.json", "model.pt"]
+        assert (local / "model.pt").read_bytes() == (d / "model.pt").read_bytes()
+    assert not local.exists()  # the copy is gone on exit
+
+    for given in (run, url):
+        out = tmp_path / f"{len(str(given))}.safetensors"
+        assert main(["export", "--checkpoint", str(given), "--out", str(out)]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["checkpoint"] == url and summary["metadata"]["step"] == "21"
+        tensors = load_file(str(out))
+        assert all(torch.equal(tensors[k], v.float()) for k, v in state.items() if v.is_floating_point())
+
+    # Refusals name the object: no model.pt under the URL; a corrupt one (as stored, not its local copy).
+    (run / "stage1.json").write_text(json.dumps({"checkpoint": "s3://uniproto/runs/r-stage1/checkpoint_9"}))
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "x.st")]) == 2
+    assert "s3://uniproto/runs/r-stage1/checkpoint_9/model.pt: no such file" in capsys.readouterr().err
+    with moto_s3.open_output_stream("uniproto/runs/bad/model.pt") as f:
+        f.write(b"\x80\x04not a pickle at all")
+    assert main(["export", "--checkpoint", "s3://uniproto/runs/bad", "--out", str(tmp_path / "y.st")]) == 2
+    err = capsys.readouterr().err
+    assert "s3://uniproto/runs/bad/model.pt: not a readable weights file" in err and "Traceback" not in err
