@@ -52,7 +52,8 @@ def find_checkpoint(path: str | Path) -> Path:
     where = checkpoint_location(path)
     if isinstance(where, str):
         raise CheckpointError(
-            f"{path}: the checkpoint {where} is on an object store; read it with local_checkpoint"
+            f"{path}: the checkpoint {where} is on an object store; name a local copy instead "
+            f"(uniproto export --checkpoint {where} --out model.safetensors)"
         )
     return where
 

@@ -221,3 +221,17 @@ def test_a_checkpoint_on_s3_exports_and_reads_as_a_local_copy(checkpoint, moto_s
     assert main(["export", "--checkpoint", "s3://uniproto/runs/bad", "--out", str(tmp_path / "y.st")]) == 2
     err = capsys.readouterr().err
     assert "s3://uniproto/runs/bad/model.pt: not a readable weights file" in err and "Traceback" not in err
+
+
+def test_a_local_only_reader_names_the_remote_checkpoint_and_the_way_out(tmp_path):
+    from system.model.checkpoint import CheckpointError
+    from system.model.export import find_checkpoint
+
+    (tmp_path / "stage1.json").write_text(json.dumps({"checkpoint": "gs://b/runs/r-stage1/checkpoint_3"}))
+    with pytest.raises(
+        CheckpointError, match=r"gs://b/runs/r-stage1/checkpoint_3 is on an object store.*export"
+    ):
+        find_checkpoint(tmp_path)
+    (tmp_path / "stage1.json").write_text(json.dumps({"checkpoint": ["not", "a", "path"]}))
+    with pytest.raises(CheckpointError, match="stage1.json: no checkpoint path in it"):
+        find_checkpoint(tmp_path)
