@@ -94,16 +94,15 @@ def read_text(path: str) -> str:
         return f.read().decode("utf-8")
 
 
-def download(path: str, dest: Path) -> Path:
-    """One file of a local path or an object-store URL copied to `dest`, streamed (a checkpoint's weights can be
-    gigabytes). FileNotFoundError names `path` when there is no such object."""
+def copy_out(fs: pafs.FileSystem, path: str, dest: Path, shown: str | None = None) -> Path:
+    """A file of any pyarrow filesystem (an object store's, or the one a Ray checkpoint carries) streamed to the
+    local `dest` (a checkpoint's weights can be gigabytes). FileNotFoundError names it (as `shown`)."""
     import pyarrow.fs as pafs
 
-    fs, p = filesystem_for(path)
-    if fs.get_file_info(p).type != pafs.FileType.File:
-        raise FileNotFoundError(f"{path}: no such file")
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"{shown or path}: no such file")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with fs.open_input_stream(p) as src, open(dest, "wb") as out:
+    with fs.open_input_stream(path) as src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out, 8 << 20)
     return dest
 

@@ -11,14 +11,17 @@ import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from system.data.faults import DatasetError
-from system.data.stores import download, is_url, join
+from system.data.stores import copy_out, filesystem_for, is_url
 from system.model.checkpoint import META_FILE, MODEL_FILE, CheckpointError, read_weights
 from system.model.factory import encoder_state
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 
 def checkpoint_location(path: str | Path) -> str | Path:
@@ -60,22 +63,34 @@ def find_checkpoint(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def local_checkpoint(path: str | Path) -> Iterator[Path]:
-    """A stage-1 checkpoint as a local directory holding its model.pt and meta.json. A checkpoint on an object
-    store (given, or recorded in stage1.json when ray.storage_path is one) has those two files copied to a
-    temporary directory, removed on exit; its DeepSpeed shards, which only resuming reads, stay where they are."""
+    """A stage-1 checkpoint as a local directory holding its model.pt and meta.json: in place when local, else
+    (given, or recorded in stage1.json when ray.storage_path is an object store) as `weights_copy` makes it."""
     where = checkpoint_location(path)
     if isinstance(where, Path):
         yield where
         return
+    try:
+        fs, p = filesystem_for(where)
+    except DatasetError as e:  # no bucket in the URL, the store unreachable
+        raise CheckpointError(f"{where}: cannot read the checkpoint ({e})") from None
+    with weights_copy(fs, p, shown=where) as local:
+        yield local
+
+
+@contextlib.contextmanager
+def weights_copy(fs: pafs.FileSystem, path: str, shown: str) -> Iterator[Path]:
+    """The model.pt and meta.json of the checkpoint at `path` on `fs`, copied to a temporary directory removed on
+    exit; the DeepSpeed shards beside them, which only resuming reads, are left where they are. Errors name the
+    checkpoint as `shown` (its URL)."""
     with tempfile.TemporaryDirectory(prefix="uniproto-weights-") as tmp:
         try:
-            download(join(where, MODEL_FILE), Path(tmp) / MODEL_FILE)  # FileNotFoundError names the URL
+            copy_out(fs, f"{path}/{MODEL_FILE}", Path(tmp) / MODEL_FILE, shown=f"{shown}/{MODEL_FILE}")
             with contextlib.suppress(FileNotFoundError):  # optional: read_weights reads none as no metadata
-                download(join(where, META_FILE), Path(tmp) / META_FILE)
+                copy_out(fs, f"{path}/{META_FILE}", Path(tmp) / META_FILE)
         except FileNotFoundError:
             raise
-        except (OSError, DatasetError) as e:  # no access, no such bucket, the store unreachable
-            raise CheckpointError(f"{where}: cannot read the checkpoint ({e})") from None
+        except OSError as e:  # no access, no such bucket, the store unreachable
+            raise CheckpointError(f"{shown}: cannot read the checkpoint ({e})") from None
         yield Path(tmp)
 
 

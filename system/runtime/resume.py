@@ -21,6 +21,8 @@ import pyarrow.fs
 import ray.train
 import torch.distributed as dist
 
+from system.model.export import weights_copy
+
 _PREFIX = "uniproto-resume-"
 
 
@@ -64,3 +66,16 @@ def checkpoint_url(checkpoint: ray.train.Checkpoint) -> str:
     object-store URL (the filesystem's own path has no scheme: `bucket/prefix/checkpoint_...`)."""
     kind = checkpoint.filesystem.type_name  # "local", "s3", "gcs", ...
     return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+
+
+@contextlib.contextmanager
+def checkpoint_weights(checkpoint: ray.train.Checkpoint) -> Iterator[Path]:
+    """A finished stage-1 checkpoint's model.pt and meta.json as a local directory, for stage 2: the checkpoint
+    itself on a local filesystem; otherwise those two files alone, copied through the checkpoint's own
+    filesystem. (`as_directory` would download the DeepSpeed shards too: for ZeRO with Adam, several times the
+    weights' size, per trial.)"""
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with weights_copy(checkpoint.filesystem, checkpoint.path, shown=checkpoint_url(checkpoint)) as local:
+        yield local

@@ -51,6 +51,7 @@ from system.runtime.features import class_sums, feature_dataset, fit_head_remote
 from system.runtime.monitor import EpochReports, TrialLines
 from system.runtime.pretrain import run_stage1
 from system.runtime.reader import ledger_summary, new_ledger
+from system.runtime.resume import checkpoint_weights
 from system.runtime.stage_inputs import StageInputs
 from system.runtime.trial_slots import FreeSlots, slot_of, slots_name, start_slots
 
@@ -205,12 +206,9 @@ def _run_trial(cfg: Config, params: dict[str, Any], inputs: StageInputs, trial_i
     # The Train run's name comes from the trial id, so a restored trial resumes its own stage-1 checkpoints.
     result = run_stage1(cfg, inputs, name=f"{cfg.run.name}-stage1-{trial_id}", callbacks=[EpochReports()])
     t1 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        with result.checkpoint.as_directory() as ckpt:
-            weights = Path(tmp) / MODEL_FILE
-            shutil.copy(Path(ckpt) / MODEL_FILE, weights)
+    with tempfile.TemporaryDirectory() as tmp, checkpoint_weights(result.checkpoint) as ckpt:
         out = Path(tmp) / "stage2"
-        metrics = run_stage2(cfg, inputs, str(weights), out)
+        metrics = run_stage2(cfg, inputs, str(ckpt / MODEL_FILE), out)
         metrics.update(stage1_s=t1 - t0, stage2_s=time.perf_counter() - t1, params=params, trial_id=trial_id)
         metrics["prototypes"] = {
             k: v for k, v in inputs.prototype_stats.items() if isinstance(v, (int, float, str))

@@ -1,5 +1,5 @@
 """Resuming from a checkpoint in object storage (a moto S3 server): the ranks of a node read one complete
-local copy, downloaded once, and it is gone when they are done."""
+local copy, downloaded once, and it is gone when they are done. Stage 2 copies only the weights of one."""
 
 import threading
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.train import Checkpoint
 
-from system.runtime.resume import checkpoint_directory
+from system.runtime.resume import checkpoint_directory, checkpoint_url, checkpoint_weights
 
 SHARD = bytes(range(256)) * 8192  # 2 MiB, large enough that a rewrite is not instant
 
@@ -65,3 +65,19 @@ def test_a_local_checkpoint_is_read_in_place(tmp_path):
     with checkpoint_directory(Checkpoint.from_directory(str(tmp_path)), 0, lambda: None) as d:
         assert d == tmp_path
     assert (tmp_path / "meta.json").is_file()  # nothing of the caller's is removed
+
+
+def test_stage2_copies_only_the_weights_of_a_remote_checkpoint(moto_s3, tmp_path):
+    ckpt = _upload(moto_s3, tmp_path, "w")  # meta.json and a 2 MiB DeepSpeed shard
+    with moto_s3.open_output_stream("uniproto/ckpt/w/model.pt") as f:
+        f.write(b"weights")
+    assert checkpoint_url(ckpt) == "s3://uniproto/ckpt/w"
+    with checkpoint_weights(ckpt) as d:
+        assert sorted(p.name for p in d.iterdir()) == ["meta.json", "model.pt"]  # not the shard
+        assert (d / "model.pt").read_bytes() == b"weights" and (d / "meta.json").read_text() == '{"step": 7}'
+    assert not d.exists()
+    local = Checkpoint(str(tmp_path / "w"), filesystem=pafs.LocalFileSystem())
+    assert checkpoint_url(local) == str(tmp_path / "w")
+    with checkpoint_weights(local) as d:
+        assert d == tmp_path / "w"  # read in place
+    assert d.exists()
