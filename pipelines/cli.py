@@ -183,7 +183,9 @@ def _export(argv: list[str]) -> int:
         description="A stage-1 checkpoint as one fp32 safetensors file; last line is JSON.",
     )
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint dir (model.pt), or a run dir with stage1.json"
+        "--checkpoint",
+        required=True,
+        help="checkpoint dir (model.pt) or its s3:// or gs:// URL, or a run dir with stage1.json",
     )
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true")
