@@ -12,6 +12,7 @@ and their TorchTrainers resume from their last stage-1 checkpoint.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs
 import torch
 from ray import tune
 
@@ -466,12 +468,22 @@ def trial_record(res) -> dict[str, Any]:
     if res.checkpoint is None or "best_lambda" not in m:
         rec["status"] = "stopped"  # ended by the scheduler before stage 2
         return rec
-    local = Path(tempfile.mkdtemp(prefix="uniproto-trial-"))
-    with res.checkpoint.as_directory() as d:
-        shutil.copytree(d, local, dirs_exist_ok=True)
+    local = trial_outputs(res.checkpoint)
     rec.update(json.loads((local / TRIAL_FILE).read_text()))
     rec.update(status="completed", path=str(local))
     return rec
+
+
+def trial_outputs(checkpoint: tune.Checkpoint) -> Path:
+    """A finished trial's stage-2 outputs (trial.json, logits.npz) as a local directory: the checkpoint itself on
+    local storage; from object storage, a copy in a temporary directory removed when the driver exits (the
+    report reads it until then; at thousands of classes the logits are gigabytes per trial)."""
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(checkpoint.path)
+    local = Path(tempfile.mkdtemp(prefix="uniproto-trial-"))
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
+    checkpoint.to_directory(str(local))
+    return local
 
 
 def load_branch_logits(trial_dir: str | Path, split: str) -> BranchLogits:

@@ -66,6 +66,8 @@ def test_asha_stops_weak_trials_and_they_are_counted(tmp_path):
         ray.shutdown()
     by_q = {r["params"]["loss.proto_temperature"]: r for r in records}
     assert by_q[4.0]["status"] == "completed" and by_q[4.0]["iterations"] == 4
+    # a completed trial's outputs are read where local storage keeps them, not copied
+    assert by_q[4.0]["best_lambda"] == 0.5 and Path(by_q[4.0]["path"]).is_relative_to(tmp_path)
     stopped = [q for q, r in by_q.items() if r["status"] == "stopped"]
     assert stopped and 4.0 not in stopped
     assert all(by_q[q]["iterations"] < 4 for q in stopped)

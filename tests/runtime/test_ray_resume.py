@@ -81,3 +81,20 @@ def test_stage2_copies_only_the_weights_of_a_remote_checkpoint(moto_s3, tmp_path
     with checkpoint_weights(local) as d:
         assert d == tmp_path / "w"  # read in place
     assert d.exists()
+
+
+def test_a_trials_outputs_on_object_storage_are_copied_and_removed_at_exit(moto_s3, tmp_path, monkeypatch):
+    import atexit
+
+    from system.runtime.sweep import trial_outputs
+
+    ckpt = _upload(moto_s3, tmp_path, "t")
+    at_exit = []
+    monkeypatch.setattr(atexit, "register", lambda *a, **k: at_exit.append((a, k)))
+    local = trial_outputs(ckpt)
+    assert (local / "meta.json").read_text() == '{"step": 7}' and (local / "shard.pt").read_bytes() == SHARD
+    [(args, kwargs)] = at_exit
+    args[0](*args[1:], **kwargs)  # what runs when the driver exits
+    assert not local.exists()
+    in_place = Checkpoint(str(tmp_path / "t"), filesystem=pafs.LocalFileSystem())
+    assert trial_outputs(in_place) == tmp_path / "t" and not at_exit[1:]
